@@ -1,0 +1,1 @@
+"""Subcommands of the ``snac-stream`` CLI (see :mod:`snac_stream.cli`)."""

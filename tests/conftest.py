@@ -1,0 +1,153 @@
+"""Shared fixtures and helpers for the model tests.
+
+- ``small_config(name, **overrides)``: tiny SNAC configurations that exercise the unusual
+  paths (odd rates so transposed convs use ``output_padding``, small attention windows,
+  2..5 VQ levels, with and without depthwise convs). Noise is off unless overridden, so
+  parity with the reference package can be exact.
+- ``make_pair(cfg, dtype)``: the reference ``snac.SNAC`` and our ``snac_model.SNAC`` with
+  the same (seeded, deliberately non-default) weights, both in eval mode.
+- ``make_audio(batch, length)``: a deterministic test signal.
+
+The helpers are plain functions (importable as ``from conftest import ...``) and are also
+offered as fixtures of the same name.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+torch.set_num_threads(int(os.environ.get("TT", 2)))
+
+settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", deadline=None, derandomize=True, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+SMALL_CONFIGS: dict[str, dict] = {
+    # odd encoder/decoder rates (output_padding 1 in both transposed convs), window 4, 2 levels
+    "odd": dict(
+        sampling_rate=16000,
+        encoder_dim=16,
+        encoder_rates=[3, 5],
+        decoder_dim=64,
+        decoder_rates=[5, 3],
+        attn_window_size=4,
+        codebook_size=64,
+        codebook_dim=4,
+        vq_strides=[2, 1],
+        noise=False,
+        depthwise=True,
+    ),
+    # 5 levels with repeated strides, window 2, full (non-depthwise) convs
+    "deep": dict(
+        sampling_rate=12000,
+        encoder_dim=8,
+        encoder_rates=[2, 3, 2],
+        decoder_dim=128,
+        decoder_rates=[3, 2, 2],
+        attn_window_size=2,
+        codebook_size=128,
+        codebook_dim=8,
+        vq_strides=[4, 4, 2, 1, 1],
+        noise=False,
+        depthwise=False,
+    ),
+    # no attention, an odd coarse stride, tiny dims
+    "plain": dict(
+        sampling_rate=8000,
+        encoder_dim=4,
+        encoder_rates=[2, 3],
+        decoder_dim=32,
+        decoder_rates=[3, 2],
+        attn_window_size=None,
+        codebook_size=32,
+        codebook_dim=2,
+        vq_strides=[3, 1],
+        noise=False,
+        depthwise=True,
+    ),
+}
+
+
+def small_config(name: str = "odd", **overrides) -> dict:
+    """A fresh copy of one of :data:`SMALL_CONFIGS` with ``overrides`` applied."""
+    return {**copy.deepcopy(SMALL_CONFIGS[name]), **overrides}
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Move parameters away from their constructor defaults (Snake alphas are all ones,
+    weight-norm magnitudes equal the direction norms, LayerNorm is the identity), so that a
+    layer that ignored one of them would be caught."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            u = torch.rand(p.shape, generator=gen, dtype=torch.float32).to(p.dtype)
+            if name.endswith("alpha"):
+                p.copy_(0.5 + u)  # Snake alpha in [0.5, 1.5)
+            elif name.endswith("original0") or name.endswith("weight_g"):
+                p.mul_(0.75 + 0.5 * u)  # weight-norm magnitude
+            elif ".norm." in name:
+                p.add_(0.2 * (u - 0.5))  # LayerNorm weight/bias
+    return model
+
+
+def make_pair(cfg: dict, dtype: torch.dtype = torch.float64, seed: int = 0):
+    """(reference, ours) with identical weights, in ``dtype`` and eval mode."""
+    import snac
+
+    from snac_model import SNAC
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ref = snac.SNAC(**copy.deepcopy(cfg))
+    randomize_(ref, seed)
+    ours = SNAC(**copy.deepcopy(cfg))
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref.to(dtype).eval(), ours.to(dtype).eval()
+
+
+def make_ours(cfg: dict, dtype: torch.dtype = torch.float64, seed: int = 0):
+    """Only our model, with the same weights :func:`make_pair` would give it."""
+    from snac_model import SNAC
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SNAC(**copy.deepcopy(cfg))
+    randomize_(model, seed)
+    return model.to(dtype).eval()
+
+
+def make_audio(batch: int, length: int, dtype: torch.dtype = torch.float64, seed: int = 0) -> torch.Tensor:
+    """``[batch, 1, length]``: a few chirpy partials plus a little noise, within (-0.9, 0.9)."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(length, dtype=torch.float64)
+    rows = []
+    for b in range(batch):
+        f = 0.01 + 0.05 * torch.rand(3, generator=gen, dtype=torch.float64)
+        x = sum((0.25 / (k + 1)) * torch.sin(2 * math.pi * f[k] * t * (1 + 1e-4 * b * t)) for k in range(3))
+        x = x + 0.05 * torch.randn(length, generator=gen, dtype=torch.float64)
+        rows.append(x)
+    return torch.stack(rows).unsqueeze(1).to(dtype)
+
+
+@pytest.fixture(name="small_config")
+def small_config_fixture():
+    return small_config
+
+
+@pytest.fixture(name="make_pair")
+def make_pair_fixture():
+    return make_pair
+
+
+@pytest.fixture(name="make_audio")
+def make_audio_fixture():
+    return make_audio
