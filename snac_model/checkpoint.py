@@ -120,6 +120,20 @@ def load_state_dict(model: SNAC, state_dict: dict[str, torch.Tensor], source: st
     model.load_state_dict(state_dict, strict=True)
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check of the hub endpoint, so an offline machine fails in seconds, not after
+    huggingface_hub's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _hub_download(repo_id: str, filename: str, **kwargs) -> str:
     try:
         from huggingface_hub import hf_hub_download
@@ -128,13 +142,23 @@ def _hub_download(repo_id: str, filename: str, **kwargs) -> str:
             f"{repo_id!r} is not a local directory, and downloading it needs huggingface_hub: "
             "pip install 'snac-stream[hub]'"
         ) from None
+    advice = (
+        f"If this machine is offline, pass a local directory with {CONFIG} and {WEIGHTS_BIN}, "
+        "or use a seeded random model such as 'random:24khz'"
+    )
+    try:  # the local cache first: no network needed for a model downloaded before
+        return hf_hub_download(repo_id=repo_id, filename=filename, local_files_only=True, **kwargs)
+    except Exception:
+        pass
+    if not _hub_reachable():
+        raise CheckpointError(f"cannot reach the Hugging Face hub to download {repo_id!r}. {advice}")
     try:
         return hf_hub_download(repo_id=repo_id, filename=filename, **kwargs)
-    except Exception as e:  # offline, unknown repo, missing file: all end here
+    except Exception as e:  # unknown repo, missing file, network trouble: all end here
+        first_line = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(
-            f"could not get {filename} of {repo_id!r} from the Hugging Face hub ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). If this machine is offline, pass a local "
-            f"directory with {CONFIG} and {WEIGHTS_BIN}, or use a seeded random model such as 'random:24khz'"
+            f"could not get {filename} of {repo_id!r} from the Hugging Face hub "
+            f"({type(e).__name__}: {first_line}). {advice}"
         ) from None
 
 

@@ -12,6 +12,11 @@ import sys
 
 COMMANDS = {
     "info": "print a model's rates, bitrate, latency and size",
+    "serve": "run the WebSocket server (relay rooms; /encode and /decode with --model)",
+    "send": "encode a file or the microphone and publish the codes to a room",
+    "listen": "receive codes from a room and decode them to a file or the speaker",
+    "mic": "live view of the multi-scale codes of the microphone (or a file)",
+    "demo": "end to end on this machine: server, sender, listener, measured latency",
 }
 
 
@@ -21,9 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(f"snac_stream.commands.{name}")
+        p = sub.add_parser(name, help=help_text, description=getattr(module, "__doc__", None) or help_text)
         p.set_defaults(_module=f"snac_stream.commands.{name}")
-        importlib.import_module(f"snac_stream.commands.{name}").add_arguments(p)
+        module.add_arguments(p)
     return parser
 
 

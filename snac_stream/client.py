@@ -1,4 +1,5 @@
-"""Async clients for the relay: :func:`publish` a code stream, :func:`listen` to a room.
+"""Async clients: :func:`publish` a code stream, :func:`listen` to a room (the relay), and
+:func:`remote_encode` / :func:`remote_decode` (the model endpoints).
 
 ``listen`` counts what it did not receive: after a stream's END,
 ``frames_received + frames_lost + frames_missed_at_join == END.total_frames``.
@@ -12,8 +13,9 @@ import random
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
+import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -41,6 +43,10 @@ __all__ = [
     "publish",
     "listen",
     "RETRYABLE",
+    "PUBLISH_RETRYABLE",
+    "endpoint_url",
+    "remote_encode",
+    "remote_decode",
 ]
 
 log = logging.getLogger("snac_stream.client")
@@ -58,6 +64,7 @@ RETRYABLE = frozenset(
         CloseCode.TOO_MANY_ROOMS,
         CloseCode.SLOW_CONSUMER,
         CloseCode.INTERNAL_ERROR,
+        CloseCode.SERVER_BUSY,
     }
 )
 
@@ -96,6 +103,12 @@ class PublishStats:
     packets: int = 0
     bytes: int = 0  #: packet bytes (without WebSocket framing)
     frames: int = 0  #: coarse frames in CODES packets
+    connections: int = 0
+    reconnects: int = 0
+    streams: int = 0  #: HELLOs sent (restarted streams included)
+    streams_restarted: int = 0  #: streams re-started under a new stream_id after a reconnect
+    close_code: int | None = None  #: why the last lost connection closed
+    close_reason: str = ""
 
 
 async def _aiter(packets: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
@@ -107,6 +120,63 @@ async def _aiter(packets: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[A
             yield p
 
 
+#: Close codes after which a reconnecting publisher tries again.
+PUBLISH_RETRYABLE = frozenset(
+    {1001, 1006, 1011, 1012, 1013, CloseCode.SERVER_FULL, CloseCode.TOO_MANY_ROOMS, CloseCode.INTERNAL_ERROR}
+)
+
+
+class _Restarter:
+    """Renumbers a publisher's packets when its connection was lost mid-stream.
+
+    The new connection carries a new stream (stream_id + number of restarts) starting with
+    a HELLO; CODES continue with seq and first_frame counted from the restart, and END's
+    totals are shifted to match (total_samples clamped to the frames of the new stream).
+    """
+
+    def __init__(self) -> None:
+        self.hello: Hello | None = None  # the source's open stream
+        self.restarts = 0
+        self.need_hello = False
+        self.base_seq = self.base_frame = 0
+        self.next_seq = self.next_frame = 0  # source numbering after the last packet sent
+
+    def restart(self) -> None:
+        if self.hello is not None:
+            self.restarts += 1
+            self.need_hello = True
+            self.base_seq, self.base_frame = self.next_seq, self.next_frame
+
+    def map(self, packet: Packet) -> tuple[list[Packet], int]:
+        """(packets to send for ``packet``, synthetic HELLOs among them)."""
+        if isinstance(packet, Hello):
+            self.hello, self.restarts, self.need_hello = packet, 0, False
+            self.base_seq = self.base_frame = self.next_seq = self.next_frame = 0
+            return [packet], 0
+        if isinstance(packet, ErrorPacket) or self.hello is None or self.restarts == 0:
+            return [packet], 0
+        sid = (self.hello.stream_id + self.restarts) & 0xFFFFFFFF
+        out: list[Packet] = []
+        if self.need_hello:
+            out.append(Hello(self.hello.info, sid))
+        if isinstance(packet, CodePacket):
+            seq, first = packet.seq - self.base_seq, packet.first_frame - self.base_frame
+            out.append(CodePacket(sid, seq, first, packet.codes))
+        elif isinstance(packet, End):
+            frames = packet.total_frames - self.base_frame
+            fs = self.hello.info.frame_size
+            samples = min(max(packet.total_samples - self.base_frame * fs, 0), frames * fs)
+            out.append(End(sid, packet.seq - self.base_seq, frames, samples, packet.reason))
+        return out, len(out) - 1
+
+    def sent(self, packet: Packet) -> None:
+        self.need_hello = False
+        if isinstance(packet, CodePacket):
+            self.next_seq, self.next_frame = packet.seq + 1, packet.first_frame + packet.n_frames
+        elif isinstance(packet, End | ErrorPacket):
+            self.hello = None
+
+
 async def publish(
     url: str,
     packets: AsyncIterable[Packet | bytes] | Iterable[Packet | bytes],
@@ -114,6 +184,11 @@ async def publish(
     *,
     info: ModelInfo | None = None,
     max_size: int = 2 * DEFAULT_MAX_PACKET,
+    reconnect: bool = False,
+    max_retries: int | None = None,
+    backoff_initial: float = 0.25,
+    backoff_max: float = 10.0,
+    stats: PublishStats | None = None,
     **connect_kwargs: Any,
 ) -> PublishStats:
     """Send ``packets`` (objects or encoded bytes) to ``url`` (``.../rooms/NAME?role=publish``).
@@ -121,29 +196,230 @@ async def publish(
     CODES objects are encoded with ``info`` or the ModelInfo of the last HELLO sent.
     Returns when everything was sent and the connection closed; raises :class:`RelayError`
     if the relay closed it with an error code.
+
+    ``reconnect=True``: when the connection is lost (close codes in
+    :data:`PUBLISH_RETRYABLE`, e.g. a server restart: 1001, or refused connections), wait
+    ``backoff_initial * 2**n`` seconds (capped at ``backoff_max``, jittered ×0.5-1) and
+    reconnect, up to ``max_retries`` times in a row; the packets iterable is not read
+    meanwhile. A stream cut off this way goes on as a **new stream** (stream_id + 1, a new
+    HELLO, seq and first_frame from 0, END totals shifted) starting with the packet whose
+    send failed; packets sent into the dying connection are lost. ``stats`` (also returned)
+    reports ``reconnects`` and ``streams_restarted``; pass your own to watch it live.
     """
-    stats = PublishStats()
+    stats = stats if stats is not None else PublishStats()
+    kwargs = dict(additional_headers=_headers(token), compression=None, max_size=max_size, **connect_kwargs)
+    if not reconnect:
+        async with connect(url, **kwargs) as ws:
+            stats.connections += 1
+            try:
+                async for packet in _aiter(packets):
+                    if isinstance(packet, Hello):
+                        info = packet.info
+                        stats.streams += 1
+                    if isinstance(packet, CodePacket):
+                        stats.frames += packet.n_frames
+                    data = packet if isinstance(packet, bytes) else encode_packet(packet, info)
+                    await ws.send(data)
+                    stats.packets += 1
+                    stats.bytes += len(data)
+                await ws.close()
+            except ConnectionClosed as e:
+                code, reason = _closed_code(e)
+                raise RelayError(code, reason) from None
+            received = ws.protocol.close_rcvd
+            if received is not None and received.code not in (1000, 1001):
+                raise RelayError(received.code, received.reason)
+        return stats
+
+    restarter = _Restarter()
+    ws: ClientConnection | None = None
+    attempt = 0
+    pending: list[Packet] = []
+    source = _aiter(packets)
+
+    async def backoff(code: int, reason: str) -> None:
+        nonlocal attempt
+        if max_retries is not None and attempt >= max_retries:
+            raise RelayError(code, reason)
+        delay = min(backoff_max, backoff_initial * 2**attempt)
+        attempt += 1
+        log.info("publisher: %d %s; reconnecting in %.2f s", code, reason, delay)
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+    try:
+        while True:
+            if pending:
+                packet = pending.pop(0)
+            else:
+                try:
+                    packet = await source.__anext__()
+                except StopAsyncIteration:
+                    break
+                if isinstance(packet, bytes | bytearray | memoryview):
+                    packet = decode_packet(packet, info, max_size)
+                if isinstance(packet, Hello):
+                    info = packet.info
+            while True:
+                if ws is None:
+                    try:
+                        ws = await connect(url, **kwargs)
+                    except (OSError, TimeoutError, InvalidHandshake) as e:
+                        retry_http = isinstance(e, InvalidStatus) and e.response.status_code == 503
+                        if isinstance(e, InvalidHandshake) and not retry_http:
+                            raise
+                        await backoff(1006, f"cannot connect: {e}")
+                        continue
+                    stats.connections += 1
+                    stats.reconnects = stats.connections - 1
+                to_send, restarted = restarter.map(packet)
+                try:
+                    for p in to_send:
+                        data = encode_packet(p, info)
+                        await ws.send(data)
+                        stats.packets += 1
+                        stats.bytes += len(data)
+                        if isinstance(p, Hello):
+                            stats.streams += 1
+                        elif isinstance(p, CodePacket):
+                            stats.frames += p.n_frames
+                except ConnectionClosed as e:
+                    code, reason = _closed_code(e)
+                    stats.close_code, stats.close_reason = code, reason
+                    ws = None
+                    if code not in PUBLISH_RETRYABLE:
+                        raise RelayError(code, reason) from None
+                    restarter.restart()
+                    if isinstance(packet, End):  # the stream was over: nothing to resume
+                        restarter.sent(packet)
+                        break
+                    await backoff(code, reason)
+                    continue
+                stats.streams_restarted += restarted
+                restarter.sent(packet)
+                attempt = 0
+                break
+        if ws is not None:
+            await ws.close()
+            received = ws.protocol.close_rcvd
+            if received is not None and received.code not in (1000, 1001):
+                raise RelayError(received.code, received.reason)
+    finally:
+        if ws is not None:
+            await ws.close()
+    return stats
+
+
+# ------------------------------------------------------------------------------ endpoints
+
+
+def endpoint_url(server_url: str, path: str, **query: Any) -> str:
+    """``ws://HOST:PORT`` + ``/encode`` + query (``None`` values left out)."""
+    q = urlencode({k: v for k, v in query.items() if v is not None})
+    return f"{server_url.rstrip('/')}/{path.lstrip('/')}" + (f"?{q}" if q else "")
+
+
+def _pcm_bytes(pcm: np.ndarray, fmt: str) -> bytes:
+    a = np.asarray(pcm).reshape(-1)
+    if fmt == "f32le":
+        return a.astype("<f4").tobytes()
+    if fmt == "s16le":
+        if a.dtype.kind in "iu":
+            return a.astype("<i2").tobytes()
+        return (np.clip(a, -1.0, 32767 / 32768) * 32768.0).round().astype("<i2").tobytes()
+    raise ValueError(f"unknown PCM format {fmt!r}")
+
+
+def _check_close(ws: ClientConnection) -> None:
+    received = ws.protocol.close_rcvd
+    if received is None:
+        raise RelayError(1006, "connection lost")
+    if received.code != 1000:
+        raise RelayError(received.code, received.reason)
+
+
+async def _read_all(ws: ClientConnection) -> list[bytes]:
+    out: list[bytes] = []
+    try:
+        async for message in ws:
+            if isinstance(message, str):
+                raise MalformedPacket("text frame from the server")
+            out.append(message)
+    except ConnectionClosed:
+        pass
+    return out
+
+
+async def remote_encode(
+    server_url: str,
+    pcm: np.ndarray,
+    *,
+    sample_rate: int | None = None,
+    fmt: str = "f32le",
+    chunk_samples: int = 4096,
+    token: str | None = None,
+    max_size: int = 2 * DEFAULT_MAX_PACKET,
+    **connect_kwargs: Any,
+) -> list[Packet]:
+    """Encode mono ``pcm`` on the server's ``/encode``: returns HELLO, CODES..., END.
+
+    ``pcm`` is float in [-1, 1] (or int16 for ``fmt="s16le"``) at ``sample_rate`` (left out:
+    the server assumes its model's rate), sent in messages of ``chunk_samples``. Raises
+    :class:`RelayError` if the server closes with another code than 1000.
+    """
+    data = _pcm_bytes(pcm, fmt)
+    step = chunk_samples * (4 if fmt == "f32le" else 2)
+    url = endpoint_url(server_url, "/encode", format=fmt, rate=sample_rate)
     async with connect(
         url, additional_headers=_headers(token), compression=None, max_size=max_size, **connect_kwargs
     ) as ws:
+        reader = asyncio.create_task(_read_all(ws))
+        try:
+            for start in range(0, len(data), step):
+                await ws.send(data[start : start + step])
+            await ws.send(b"")
+        except ConnectionClosed:
+            pass
+        messages = await reader
+    _check_close(ws)
+    out: list[Packet] = []
+    info: ModelInfo | None = None
+    for m in messages:
+        packet = decode_packet(m, info, max_size)
+        if isinstance(packet, Hello):
+            info = packet.info
+        out.append(packet)
+    return out
+
+
+async def remote_decode(
+    server_url: str,
+    packets: AsyncIterable[Packet | bytes] | Iterable[Packet | bytes],
+    *,
+    info: ModelInfo | None = None,
+    token: str | None = None,
+    max_size: int = 2 * DEFAULT_MAX_PACKET,
+    **connect_kwargs: Any,
+) -> np.ndarray:
+    """Decode one stream (HELLO, CODES..., END) on the server's ``/decode``: float32 samples.
+
+    Sends while receiving, so long streams do not deadlock. Raises :class:`RelayError` if
+    the server closes with another code than 1000 (e.g. 4007 for another model).
+    """
+    url = endpoint_url(server_url, "/decode")
+    async with connect(
+        url, additional_headers=_headers(token), compression=None, max_size=max_size, **connect_kwargs
+    ) as ws:
+        reader = asyncio.create_task(_read_all(ws))
         try:
             async for packet in _aiter(packets):
                 if isinstance(packet, Hello):
                     info = packet.info
-                if isinstance(packet, CodePacket):
-                    stats.frames += packet.n_frames
-                data = packet if isinstance(packet, bytes) else encode_packet(packet, info)
-                await ws.send(data)
-                stats.packets += 1
-                stats.bytes += len(data)
-            await ws.close()
-        except ConnectionClosed as e:
-            code, reason = _closed_code(e)
-            raise RelayError(code, reason) from None
-        received = ws.protocol.close_rcvd
-        if received is not None and received.code not in (1000, 1001):
-            raise RelayError(received.code, received.reason)
-    return stats
+                await ws.send(packet if isinstance(packet, bytes) else encode_packet(packet, info))
+        except ConnectionClosed:
+            pass
+        messages = await reader
+    _check_close(ws)
+    return np.frombuffer(b"".join(messages), dtype="<f4").astype(np.float32)
 
 
 # ------------------------------------------------------------------------------ listen

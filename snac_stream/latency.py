@@ -116,7 +116,7 @@ def probe_encoder_need(model: SNAC, block: int, seed: int = 0) -> int:
     """Empirical input samples needed by coarse block ``block``: the smallest P such that
     perturbing every input sample from P on leaves that block's latent frames unchanged."""
     s0 = model.vq_strides[0]
-    length = (block + 4 * _period_blocks(model) + 8) * model.frame_size + 4 * model.pad_multiple
+    length = (block + 2 * _period_blocks(model) + 8) * model.frame_size + model.pad_multiple
     gen = torch.Generator().manual_seed(seed)
     x = (0.3 * torch.randn(1, 1, length, generator=gen, dtype=torch.float64)).to(model.dtype)
 
@@ -142,7 +142,7 @@ def probe_decoder_first_changed(model: SNAC, tick: int, n_frames: int | None = N
     """Empirical first output sample that changes when every token arriving at tick >= ``tick``
     (level i token k arrives at tick k * stride_i) is replaced by another code."""
     period = math.lcm(model.vq_strides[0], model.attn_window_size or 1)
-    n_frames = n_frames or (tick // model.vq_strides[0] + 2 * period + 8)
+    n_frames = n_frames or (tick + 2 * period) // model.vq_strides[0] + 2
     gen = torch.Generator().manual_seed(seed)
     codes = [
         torch.randint(0, model.codebook_size, (1, n_frames * model.vq_strides[0] // s), generator=gen)

@@ -101,6 +101,11 @@ class CloseCode(enum.IntEnum):
     IDLE_TIMEOUT = 4017  #: a publisher sent nothing for idle_timeout seconds
     BAD_REQUEST = 4018  #: bad room name, role or query parameter
     INTERNAL_ERROR = 4019  #: unexpected server-side failure in a handler
+    UNSUPPORTED_FORMAT = 4020  #: /encode: unknown PCM ``format``
+    RATE_MISMATCH = 4021  #: /encode: ``rate`` is not the model's sample rate
+    BAD_PCM = 4022  #: /encode: message length not a multiple of the sample size, or NaN/inf samples
+    RATE_LIMITED = 4023  #: /encode, /decode: more audio than the per-connection budget allows
+    SERVER_BUSY = 4024  #: /encode, /decode: ``max_model_sessions`` model sessions are running
 
 
 # --------------------------------------------------------------------------- errors

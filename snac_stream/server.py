@@ -75,6 +75,9 @@ class ServerConfig:
     write_limit: int = 64 * 1024  #: bytes buffered per connection before send() waits
     recv_queue: int = 8  #: messages buffered per connection before TCP backpressure
     workers: int = 2  #: threads of :attr:`Server.executor` (model inference)
+    max_model_sessions: int = 4  #: concurrent /encode + /decode connections (each runs the model)
+    model_rate: float = 2.0  #: audio seconds per wall-clock second, per /encode or /decode connection
+    model_burst: float = 10.0  #: audio seconds a model connection may send ahead of model_rate
 
     def __post_init__(self) -> None:
         positive = (
@@ -89,6 +92,9 @@ class ServerConfig:
             "write_limit",
             "recv_queue",
             "workers",
+            "max_model_sessions",
+            "model_rate",
+            "model_burst",
         )
         bad = [name for name in positive if not getattr(self, name) > 0]
         if bad:
@@ -370,10 +376,30 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     a("--listener-queue", type=int, default=d.listener_queue, help="packets queued per listener")
     a("--slow-listener", choices=("drop", "skip"), default=d.slow_listener)
     a("--idle-timeout", type=float, default=d.idle_timeout, help="seconds a publisher may stay silent")
+    a("--workers", type=int, default=d.workers, help=f"inference threads (default {d.workers})")
+    a(
+        "--max-model-sessions",
+        type=int,
+        default=d.max_model_sessions,
+        help=f"concurrent /encode + /decode connections (default {d.max_model_sessions})",
+    )
+    a(
+        "--model-rate",
+        type=float,
+        default=d.model_rate,
+        help=f"audio seconds per second per /encode or /decode connection (default {d.model_rate:g})",
+    )
+    a(
+        "--model-burst",
+        type=float,
+        default=d.model_burst,
+        help=f"audio seconds such a connection may send ahead of --model-rate (default {d.model_burst:g})",
+    )
     a("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    d = ServerConfig()
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -385,6 +411,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         listener_queue=args.listener_queue,
         slow_listener=args.slow_listener,
         idle_timeout=args.idle_timeout,
+        workers=getattr(args, "workers", d.workers),
+        max_model_sessions=getattr(args, "max_model_sessions", d.max_model_sessions),
+        model_rate=getattr(args, "model_rate", d.model_rate),
+        model_burst=getattr(args, "model_burst", d.model_burst),
     )
 
 

@@ -31,49 +31,42 @@ def assert_nontrivial(codes: list[torch.Tensor]) -> None:
     assert max(int(c.unique().numel()) for c in codes) >= 3
 
 
-@pytest.fixture(scope="module")
-def published_pairs():
-    cache: dict[str, tuple] = {}
-
-    def get(name: str):
-        if name not in cache:
-            cache[name] = make_pair(PUBLISHED_CONFIGS[name], torch.float32)
-        return cache[name]
-
-    return get
-
-
 # ---------------------------------------------------------------- parity: published
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_CONFIGS))
-def test_published_parity_float32(name, published_pairs):
-    ref, ours = published_pairs(name)
+def test_published_parity_float32(name):
+    ref, ours = make_pair(PUBLISHED_CONFIGS[name], torch.float32)
     assert ours.noise is True
-    x = make_audio(1, ours.pad_multiple + ours.pad_multiple // 2, torch.float32, seed=1)
-    codes_ref = ref.encode(x)
+    pm = ours.pad_multiple
+    # 24 kHz: 1.5 pad multiples; the (costlier, identically built) 32/44 kHz: just under one
+    length = pm + pm // 2 if name == "24khz" else pm - 100
+    padded = math.ceil(length / pm) * pm
+    x = make_audio(1, length, torch.float32, seed=1)
+    with torch.inference_mode():
+        codes_ref = ref.encode(x)
     codes = ours.encode(x)
     assert_codes_equal(codes, codes_ref)
     assert_nontrivial(codes)
-    assert [c.shape[-1] for c in codes] == [
-        2 * ours.pad_multiple // (ours.hop_length * s) for s in ours.vq_strides
-    ]
+    assert [c.shape[-1] for c in codes] == [padded // (ours.hop_length * s) for s in ours.vq_strides]
 
     # seed=None draws torch.randn in the reference's order: the same global seed gives the same audio
     torch.manual_seed(123)
-    audio_ref = ref.decode(codes_ref)
+    with torch.inference_mode():
+        audio_ref = ref.decode(codes_ref)
     torch.manual_seed(123)
     audio = ours.decode(codes)
     assert audio.dtype == torch.float32
-    assert audio.shape == audio_ref.shape == (1, 1, 2 * ours.pad_multiple)
+    assert audio.shape == audio_ref.shape == (1, 1, padded)
     assert torch.equal(audio, audio_ref)
 
 
-def test_published_24khz_forward_float64(published_pairs):
+def test_published_24khz_forward_float64():
     ref, ours = make_pair(PUBLISHED_CONFIGS["24khz"], torch.float64, seed=3)
-    x = make_audio(2, 2 * ours.pad_multiple + 77, torch.float64, seed=2)
+    x = make_audio(2, ours.pad_multiple + 77, torch.float64, seed=2)
     torch.manual_seed(7)
-    out_ref, codes_ref = ref(x)
+    with torch.inference_mode():
+        out_ref, codes_ref = ref(x)
     torch.manual_seed(7)
     out, codes = ours(x)
     assert_codes_equal(codes, codes_ref)
