@@ -199,8 +199,8 @@ def decode_sliding_window(model, codes, clock: Clock, budget: Budget, seed: int 
             run.truncated = True
             break
     run.output = torch.cat(parts, dim=-1) if parts else torch.zeros(1, 1, 0)
-    start = (context - 3) * fs  # window j-3..j keeps frame j-2: the first output is frame 1
-    run.covered = (start, start + run.output.shape[-1])
+    # window j-context+1..j keeps its second frame, j-context+2: the first output is frame 1
+    run.covered = (fs, fs + run.output.shape[-1])
     return run
 
 

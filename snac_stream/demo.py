@@ -205,6 +205,8 @@ async def run_demo(model: SNAC, options: DemoOptions) -> DemoResult:
 
 def format_report(model_spec: str, model: SNAC, result: DemoResult) -> str:
     a, e, w = result.algorithmic_ms, result.e2e_ms, result.wire
+    enc, dec = result.encode_step_ms, result.decode_step_ms
+    hop_ms = w["frames_per_packet"] * model.frame_size / model.sample_rate * 1000
     lines = [
         f"model          {model_spec}: {model.sample_rate} Hz, levels at "
         + " / ".join(f"{r:.1f}" for r in model.frame_rates)
@@ -215,10 +217,9 @@ def format_report(model_spec: str, model: SNAC, result: DemoResult) -> str:
         f"-> end to end {a['end_to_end']:.0f} ms (analytic, worst case over frame phase)",
         f"end to end     p50 {e.get('p50', float('nan')):.0f} ms, p95 {e.get('p95', float('nan')):.0f} ms "
         "(measured: sample into the encoder -> same sample out of the decoder)",
-        f"compute/hop    encode p50 {result.encode_step_ms.get('p50', 0):.1f} ms / p99 "
-        f"{result.encode_step_ms.get('p99', 0):.1f} ms per 10 ms chunk; decode p50 "
-        f"{result.decode_step_ms.get('p50', 0):.1f} ms / p99 {result.decode_step_ms.get('p99', 0):.1f} ms per "
-        f"packet ({w['frames_per_packet'] * 1000 * model.frame_size / model.sample_rate:.1f} ms of audio)",
+        f"compute/hop    encode p50 {enc.get('p50', 0):.1f} ms / p99 {enc.get('p99', 0):.1f} ms per 10 ms "
+        f"chunk; decode p50 {dec.get('p50', 0):.1f} ms / p99 {dec.get('p99', 0):.1f} ms per packet "
+        f"({hop_ms:.1f} ms of audio)",
         f"wire           nominal {w['nominal_bps']:.0f} bit/s; packets {w['packet_bps']:.0f} bit/s; "
         f"with WebSocket framing {w['wire_bps']:.0f} bit/s ({w['packets']} packets)",
         f"lost frames    {result.frames_lost}",
