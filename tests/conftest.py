@@ -147,6 +147,30 @@ def make_audio(batch: int, length: int, dtype: torch.dtype = torch.float64, seed
     return torch.stack(rows).unsqueeze(1).to(dtype)
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """Simulate an offline machine: every hub download and every socket connection fails
+    (nothing reaches the network). Returns the recorded attempts."""
+    import socket
+
+    import huggingface_hub
+
+    attempts: dict[str, list] = {"downloads": [], "connects": []}
+
+    def download(*args, **kwargs):
+        attempts["downloads"].append(kwargs)
+        raise OSError("network is unreachable (simulated offline)")
+
+    def connect(self, address, *args):
+        attempts["connects"].append(address)
+        raise OSError(101, "network is unreachable (simulated offline)")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", lambda self, address: connect(self, address))
+    return attempts
+
+
 @pytest.fixture(name="small_config")
 def small_config_fixture():
     return small_config

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 from conftest import make_ours, small_config
 
@@ -55,11 +54,7 @@ def test_info_local_checkpoint(tmp_path, capsys):
     assert info["fingerprint"] == model.fingerprint().hex()
 
 
-def test_info_default_model_offline_falls_back_loudly(monkeypatch, capsys):
-    def offline(*args, **kwargs):
-        raise OSError("network is unreachable (simulated offline)")
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+def test_info_default_model_offline_falls_back_loudly(no_network, capsys):
     assert main(["info", "--json"]) == 0
     captured = capsys.readouterr()
     assert "WARNING" in captured.err and "RANDOM" in captured.err
