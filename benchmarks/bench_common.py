@@ -72,7 +72,9 @@ def slice_frames(codes: Sequence[torch.Tensor], per: Sequence[int], j0: int, j1:
     return [c[:, j0 * r : j1 * r] for c, r in zip(codes, per, strict=True)]
 
 
-def slice_ticks(codes: Sequence[torch.Tensor], strides: Sequence[int], t0: int, t1: int) -> list[torch.Tensor]:
+def slice_ticks(
+    codes: Sequence[torch.Tensor], strides: Sequence[int], t0: int, t1: int
+) -> list[torch.Tensor]:
     """Tokens arriving with ticks ``t0 .. t1-1``: level i tokens ``ceil(t0/s_i) .. ceil(t1/s_i)-1``."""
     return [c[:, -(-t0 // s) : -(-t1 // s)] for c, s in zip(codes, strides, strict=True)]
 
@@ -200,7 +202,12 @@ def allocator_info(malloc_tuned: bool) -> dict:
         summary = "tuned through the environment: " + ", ".join(f"{k}={v}" for k, v in env.items())
     else:
         summary = "default glibc malloc (mmap for large blocks: offline timings include page-fault churn)"
-    return {"env": env, "mallopt_applied": malloc_tuned, "tuned": malloc_tuned or tuned_env, "summary": summary}
+    return {
+        "env": env,
+        "mallopt_applied": malloc_tuned,
+        "tuned": malloc_tuned or tuned_env,
+        "summary": summary,
+    }
 
 
 def machine_info(device: str, threads: int, malloc_tuned: bool) -> dict:

@@ -29,13 +29,49 @@ def analytic(model) -> dict:
     }
 
 
-def probe(model, phases: int | None, progress=None) -> dict:
+def _encoder_need_near(model, block: int, guess: int, seed: int = 0) -> tuple[int, bool]:
+    """The encoder probe of ``probe_encoder_need`` (perturb every input sample from P on,
+    see whether coarse block ``block`` changes), evaluated only at ``guess - 1`` and
+    ``guess``: if the block changes from ``guess - 1`` but not from ``guess``, ``guess`` is
+    the need (3 encoder passes instead of ~17). Otherwise falls back to the full bisection.
+    Returns (need, verified_at_guess)."""
+    import torch
+
+    from snac_stream.latency import probe_encoder_need
+
+    s0, fs = model.vq_strides[0], model.frame_size
+    period_blocks = math.lcm(s0, model.attn_window_size or 1) // s0
+    length = max((block + 2 * period_blocks + 8) * fs + model.pad_multiple, guess + 2 * fs)
+    gen = torch.Generator().manual_seed(seed)
+    x = (0.3 * torch.randn(1, 1, length, generator=gen, dtype=torch.float64)).to(model.dtype)
+
+    def latent(audio):
+        return model.encoder(model.preprocess(audio))[..., block * s0 : (block + 1) * s0]
+
+    with torch.inference_mode():
+        base = latent(x)
+
+        def changed(p: int) -> bool:
+            g = torch.Generator().manual_seed(seed + 1)
+            y = x.clone()
+            y[..., p:] += torch.randn(y[..., p:].shape, generator=g, dtype=torch.float64).to(y.dtype)
+            return not torch.equal(latent(y), base)
+
+        if 0 < guess < length and changed(guess - 1) and not changed(guess):
+            return guess, True
+    return probe_encoder_need(model, block, seed), False
+
+
+def probe(model, phases: int | None, progress=None, bracket: bool = False) -> dict:
     """Encoder and decoder latency from perturbation probes.
 
     ``phases=None`` probes every phase of one alignment period (what
     ``probe_encoder_latency``/``probe_decoder_latency`` do); an int probes that many.
-    ``progress(fraction)`` is called after each probe.
+    ``bracket`` checks the encoder's analytic need at each phase with two perturbations
+    instead of bisecting for it (see :func:`_encoder_need_near`); the decoder probe is
+    cheap and always complete. ``progress(fraction)`` is called after each probe.
     """
+    from snac_stream.build import build
     from snac_stream.latency import probe_decoder_first_changed, probe_encoder_need
 
     s0 = model.vq_strides[0]
@@ -45,14 +81,25 @@ def probe(model, phases: int | None, progress=None) -> dict:
     # the same phases probe_encoder_latency / probe_decoder_latency use
     blocks = list(range(4 * period_blocks, 5 * period_blocks))
     ticks = list(range(4 * period_ticks, 5 * period_ticks))
-    if phases is not None:
-        blocks, ticks = _spread(blocks, phases), _spread(ticks, phases)
+    if phases is not None:  # the phases the analytic model says are worst, first
+        blocks, ticks = _worst_phases(model, blocks, ticks, phases)
     total = len(blocks) + len(ticks)
     done = 0
     t0 = time.perf_counter()
     enc_worst = None
+    verified = []
+    if bracket:
+        import torch
+
+        with torch.inference_mode():
+            enc_op = build(model.encoder)
     for b in blocks:
-        need = probe_encoder_need(model, int(b))
+        if bracket:
+            guess = int(enc_op.need(np.array([(int(b) + 1) * s0 - 1]))[0])
+            need, ok = _encoder_need_near(model, int(b), guess)
+            verified.append(ok)
+        else:
+            need = probe_encoder_need(model, int(b))
         lat = need - int(b) * model.frame_size - 1
         enc_worst = lat if enc_worst is None else max(enc_worst, lat)
         done += 1
@@ -78,18 +125,34 @@ def probe(model, phases: int | None, progress=None) -> dict:
             "decoder_ticks": [int(q) for q in ticks],
             "decoder_period_ticks": period_ticks,
             "complete": len(blocks) == period_blocks and len(ticks) == period_ticks,
+            "encoder_method": "analytic need verified by 2 perturbations (bisection if not)"
+            if bracket
+            else "bisection (probe_encoder_need)",
+            "encoder_verified_at_analytic": verified if bracket else None,
             "encoder_s": t_enc,
             "decoder_s": time.perf_counter() - t0 - t_enc,
         },
     }
 
 
-def _spread(values: list[int], k: int) -> list[int]:
-    """``k`` values spread over ``values`` (always including the first)."""
-    if k >= len(values):
-        return values
-    idx = np.unique(np.linspace(0, len(values) - 1, max(k, 1)).round().astype(int))
-    return [values[i] for i in idx]
+def _worst_phases(model, blocks: list[int], ticks: list[int], k: int) -> tuple[list[int], list[int]]:
+    """The ``k`` encoder blocks and decoder ticks with the largest analytic latency."""
+    import torch
+
+    from snac_stream.build import build
+
+    k = max(1, k)
+    s0, fs, hop = model.vq_strides[0], model.frame_size, model.decoder_hop
+    with torch.inference_mode():
+        enc, dec = build(model.encoder), build(model.decoder)
+    b = np.asarray(blocks)
+    enc_lat = enc.need((b + 1) * s0 - 1) - b * fs - 1
+    n = np.arange(0, (max(ticks) + 4 * (ticks[-1] - ticks[0] + 1) + 64) * hop)
+    need = dec.need(n)
+    dec_lat = [(q + 1) * hop - int(np.argmax(need > q)) - 1 for q in ticks]
+    pick_b = sorted(np.argsort(-enc_lat, kind="stable")[:k])
+    pick_t = sorted(np.argsort(-np.asarray(dec_lat), kind="stable")[:k])
+    return [blocks[i] for i in pick_b], [ticks[i] for i in pick_t]
 
 
 def latency_modes(an: dict, pr: dict) -> list[dict]:

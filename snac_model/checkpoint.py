@@ -182,7 +182,10 @@ def load_pretrained(repo_id_or_dir: str | os.PathLike, cls=None, device: str = "
             raise CheckpointError(f"{repo_id!r} is neither a local directory nor a hub id like 'owner/name'")
         config_path = Path(_hub_download(repo_id, CONFIG, **hub_kwargs))
         weights = Path(_hub_download(repo_id, WEIGHTS_BIN, **hub_kwargs))
-    model = cls(**read_config(config_path))
+    try:
+        model = cls(**read_config(config_path))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{config_path} is not a valid SNAC configuration: {e}") from None
     load_state_dict(model, read_weights(weights), source=str(weights))
     model.fingerprint()
     return model.to(device).eval()

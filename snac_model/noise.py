@@ -9,6 +9,7 @@ therefore sees the same values. Values are drawn in float64 on the CPU and cast.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -44,7 +45,7 @@ class NoiseSource:
     """
 
     def __init__(self, seeds: int | Sequence[int], batch_size: int | None = None):
-        if isinstance(seeds, int):
+        if isinstance(seeds, numbers.Integral):
             seeds = [seeds] * (batch_size or 1)
         self.seeds = [int(s) for s in seeds]
         if batch_size is not None and len(self.seeds) != batch_size:

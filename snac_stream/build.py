@@ -3,6 +3,10 @@
 Weight norm is folded once here (``module.weight`` computed and kept as a plain tensor), so
 a stream never recomputes it; attention and the quantizer run the model's own modules.
 Build after moving the model to its device and dtype.
+
+:func:`build` gives the reference operators (``[B, C, T]``, the readable version, also
+used for the latency analysis); :func:`build_fast` gives the time-major fast path of
+:mod:`snac_stream.fastops` behind the same interface.
 """
 
 from __future__ import annotations
@@ -15,8 +19,20 @@ from torch import nn
 from snac_model import layers
 from snac_model.attention import LocalMHA
 
+from . import kernels
 from .attention import LocalAttention
 from .conv import Conv1d, ConvTranspose1d
+from .fastops import (
+    TCAttention,
+    TCConv,
+    TCConvTranspose,
+    TCNoise,
+    TCPointwise,
+    TCResidual,
+    TCSequential,
+    TimeMajor,
+    _linear,
+)
 from .noise import Noise
 from .streaming import Pointwise, Residual, Sequential, StreamOp
 
@@ -74,9 +90,63 @@ def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
     return torch.nn.functional.conv1d(x, weight, bias)
 
 
+def build_fast(module: nn.Module, gemm_dtype: torch.dtype | None = None) -> StreamOp:
+    """The fast path: :func:`build`'s equivalent in time-major operators, wrapped in
+    :class:`~snac_stream.fastops.TimeMajor` (same ``[B, C, T]`` interface and results to
+    float rounding). ``gemm_dtype=torch.bfloat16`` runs every GEMM in bf16 (opt-in, not
+    exact); elementwise work stays in the model dtype."""
+    with torch.inference_mode():
+        return TimeMajor(_build_tc(module, gemm_dtype))
+
+
+def _build_tc(module: nn.Module, dt: torch.dtype | None) -> StreamOp:
+    if isinstance(module, nn.Sequential):
+        return TCSequential([_build_tc(m, dt) for m in module])
+    if isinstance(module, layers.Encoder):
+        return _build_tc(module.block, dt)
+    if isinstance(module, layers.Decoder):
+        return _build_tc(module.model, dt)
+    if isinstance(module, layers.EncoderBlock | layers.DecoderBlock):
+        return _build_tc(module.block, dt)
+    if isinstance(module, layers.ResidualUnit):
+        return TCResidual(_build_tc(module.block, dt))
+    if isinstance(module, layers.Snake1d):
+        alpha = module.alpha.detach()
+        a, inv = alpha.reshape(-1).contiguous(), (alpha + 1e-9).reciprocal().reshape(-1).contiguous()
+        return TCPointwise(functools.partial(kernels.snake, alpha=a, inv_alpha=inv), a.shape[0])
+    if isinstance(module, nn.Tanh):
+        return TCPointwise(torch.tanh, 1)
+    if isinstance(module, layers.NoiseBlock):
+        return TCNoise(_weight(module.linear), module.index, dt)
+    if isinstance(module, LocalMHA):
+        return TCAttention(module)
+    if isinstance(module, nn.ConvTranspose1d):
+        (stride,), (padding,) = module.stride, module.padding
+        if module.groups != 1 or module.dilation != (1,):
+            raise NotImplementedError("streamed transposed conv supports groups=1, dilation=1")
+        return TCConvTranspose(_weight(module), _bias(module), stride, padding, dt)
+    if isinstance(module, nn.Conv1d):
+        (stride,), (dilation,), (padding,) = module.stride, module.dilation, module.padding
+        if isinstance(padding, str):
+            raise NotImplementedError("string padding is not used by SNAC")
+        w, b = _weight(module), _bias(module)
+        if w.shape[-1] == 1 and stride == 1 and padding == 0 and module.groups == 1:
+            linear = kernels.Linear(w[:, :, 0] if dt is None else w[:, :, 0].to(dt), _cast(b, dt))
+            return TCPointwise(functools.partial(_linear, linear), w.shape[0])
+        return TCConv(w, b, stride, dilation, padding, module.groups, dt)
+    raise NotImplementedError(f"no stream operator for {type(module).__name__}")
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
+    return t if t is None or dtype is None else t.to(dtype)
+
+
 def walk(op: StreamOp, state):
     """Yield ``(operator, state)`` for ``op`` and every operator inside it."""
     yield op, state
+    if isinstance(op, TimeMajor):
+        yield from walk(op.inner, state)
+        return
     if isinstance(op, Sequential):
         for child, child_state in zip(op.ops, state.children, strict=True):
             yield from walk(child, child_state)

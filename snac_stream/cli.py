@@ -12,6 +12,7 @@ import sys
 
 COMMANDS = {
     "info": "print a model's rates, bitrate, latency and size",
+    "bench": "measure latency, cost, exactness and wire rate (streaming vs offline vs sliding window)",
     "serve": "run the WebSocket server (relay rooms; /encode and /decode with --model)",
     "send": "encode a file or the microphone and publish the codes to a room",
     "listen": "receive codes from a room and decode them to a file or the speaker",

@@ -218,6 +218,8 @@ async def publish(
                         stats.streams += 1
                     if isinstance(packet, CodePacket):
                         stats.frames += packet.n_frames
+                    elif isinstance(packet, bytes) and packet[1:2] == b"\x02" and len(packet) >= 16:
+                        stats.frames += int.from_bytes(packet[14:16], "little")  # CODES n_frames
                     data = packet if isinstance(packet, bytes) else encode_packet(packet, info)
                     await ws.send(data)
                     stats.packets += 1

@@ -35,12 +35,34 @@ from .packets import (
     encode_packet,
 )
 
-__all__ = ["RelayConfig", "Relay", "Room", "ListenerSession", "close_reason", "ROOM_NAME"]
+__all__ = ["RelayConfig", "Relay", "Room", "ListenerSession", "close_reason", "close_draining", "ROOM_NAME"]
 
 log = logging.getLogger("snac_stream.relay")
 
 ROOM_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 GOING_AWAY = 1001
+
+
+async def close_draining(connection: ServerConnection, code: int, reason: str) -> None:
+    """Close with ``code``, reading (and discarding) what the client still sends meanwhile.
+
+    Without this, a client that pipelined more than ``recv_queue`` messages stalls the
+    closing handshake (incoming data is paused while the queue is full, so its close frame
+    is never read) until ``close_timeout``. Only call it when nothing else reads.
+    """
+
+    async def drain() -> None:
+        try:
+            while True:
+                await connection.recv()
+        except Exception:  # ConnectionClosed, or the connection going away any other way
+            pass
+
+    task = asyncio.create_task(drain())
+    try:
+        await connection.close(code, close_reason(reason))
+    finally:
+        task.cancel()
 
 
 def close_reason(text: str) -> str:
@@ -170,7 +192,7 @@ class ListenerSession:
                         log.error("listener task failed", exc_info=result)
         if self.close_request is not None:
             code, reason = self.close_request
-            await self.connection.close(code, close_reason(reason))
+            await close_draining(self.connection, code, reason)
 
 
 class Room:
@@ -312,18 +334,24 @@ class Relay:
         name = request.subpath
         role = request.query.get("role")
         if not ROOM_NAME.match(name):
-            await connection.close(CloseCode.BAD_REQUEST, "room name must match [A-Za-z0-9_.-]{1,64}")
+            await close_draining(
+                connection, CloseCode.BAD_REQUEST, "room name must match [A-Za-z0-9_.-]{1,64}"
+            )
             return
         if role not in ("publish", "listen"):
-            await connection.close(CloseCode.BAD_REQUEST, "query parameter role must be publish or listen")
+            await close_draining(
+                connection, CloseCode.BAD_REQUEST, "query parameter role must be publish or listen"
+            )
             return
         if self.stopping:
-            await connection.close(GOING_AWAY, "server shutting down")
+            await close_draining(connection, GOING_AWAY, "server shutting down")
             return
         room = self._room(name)
         if room is None:
             self.stats["rejected_too_many_rooms"] += 1
-            await connection.close(CloseCode.TOO_MANY_ROOMS, f"server has {self.config.max_rooms} rooms")
+            await close_draining(
+                connection, CloseCode.TOO_MANY_ROOMS, f"server has {self.config.max_rooms} rooms"
+            )
             return
         task = asyncio.current_task()
         assert task is not None
@@ -340,7 +368,9 @@ class Relay:
     async def _publisher(self, room: Room, connection: ServerConnection) -> None:
         if room.publisher is not None:
             room.stats["publishers_rejected"] += 1
-            await connection.close(CloseCode.PUBLISHER_EXISTS, f"room {room.name} already has a publisher")
+            await close_draining(
+                connection, CloseCode.PUBLISHER_EXISTS, f"room {room.name} already has a publisher"
+            )
             return
         room.publisher = connection
         room.stats["publishers_joined"] += 1
@@ -374,13 +404,15 @@ class Relay:
                 room.end_stream(EndReason.PUBLISHER_LOST)
         if code != 1000:
             log.info("room %s: closing publisher: %d %s", room.name, code, reason)
-            await connection.close(code, close_reason(reason))
+            await close_draining(connection, code, reason)
 
     async def _listener(self, room: Room, connection: ServerConnection) -> None:
         if len(room.listeners) >= self.config.max_listeners_per_room:
             room.stats["listeners_rejected"] += 1
-            await connection.close(
-                CloseCode.ROOM_FULL, f"room {room.name} has {self.config.max_listeners_per_room} listeners"
+            await close_draining(
+                connection,
+                CloseCode.ROOM_FULL,
+                f"room {room.name} has {self.config.max_listeners_per_room} listeners",
             )
             return
         session = ListenerSession(connection, room, self.config.listener_queue, self.config.slow_listener)

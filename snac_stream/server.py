@@ -34,7 +34,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .packets import PROTOCOL_VERSION, CloseCode, PacketError
-from .relay import Relay, RelayConfig, close_reason
+from .relay import Relay, RelayConfig, close_draining
 
 __all__ = [
     "ServerConfig",
@@ -294,15 +294,17 @@ class Server:
         prefix, handler = found
         req = self._route_request(request, prefix)
         if self.stopping:
-            await connection.close(1001, "server shutting down")
+            await close_draining(connection, 1001, "server shutting down")
             return
         if len(self.active) >= self.config.max_connections:
             self.counters["rejected_server_full"] += 1
-            await connection.close(CloseCode.SERVER_FULL, f"server has {self.config.max_connections} clients")
+            await close_draining(
+                connection, CloseCode.SERVER_FULL, f"server has {self.config.max_connections} clients"
+            )
             return
         if not self.authorized(req):
             self.counters["rejected_unauthorized"] += 1
-            await connection.close(CloseCode.UNAUTHORIZED, "missing or wrong token")
+            await close_draining(connection, CloseCode.UNAUTHORIZED, "missing or wrong token")
             return
         self.active.add(connection)
         self.counters["connections_total"] += 1
@@ -310,13 +312,13 @@ class Server:
             await handler(connection, req)
         except PacketError as e:
             self.counters["packet_errors"] += 1
-            await connection.close(e.close_code, close_reason(str(e)))
+            await close_draining(connection, e.close_code, str(e))
         except ConnectionClosed:
             pass
         except Exception:
             self.counters["handler_errors"] += 1
             log.exception("handler for %s failed", req.path)
-            await connection.close(CloseCode.INTERNAL_ERROR, "internal server error")
+            await close_draining(connection, CloseCode.INTERNAL_ERROR, "internal server error")
         finally:
             self.active.discard(connection)
 
@@ -338,8 +340,10 @@ class Server:
 # ------------------------------------------------------------------------------ CLI
 
 
-async def _serve_until_signal(config: ServerConfig) -> int:
+async def _serve_until_signal(config: ServerConfig, setup: Callable[[Server], Any] | None = None) -> int:
     server = Server(config)
+    if setup is not None:
+        setup(server)
     await server.start()
     print(f"listening on {server.url}", flush=True)
     stop = asyncio.Event()
@@ -357,9 +361,9 @@ async def _serve_until_signal(config: ServerConfig) -> int:
     return 0
 
 
-def run_server(config: ServerConfig) -> int:
+def run_server(config: ServerConfig, setup: Callable[[Server], Any] | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then shut down gracefully; returns the exit status."""
-    return asyncio.run(_serve_until_signal(config))
+    return asyncio.run(_serve_until_signal(config, setup))
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -418,8 +422,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    """Entry point for ``snac-stream serve``: configure logging, serve, return exit status."""
+def run_serve(args: argparse.Namespace, setup: Callable[[Server], Any] | None = None) -> int:
+    """Entry point for ``snac-stream serve``: configure logging, serve, return exit status.
+
+    ``setup(server)`` runs before the server starts, e.g.
+    ``lambda server: add_model_endpoints(server, model, seed=0)`` for ``--model``.
+    """
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "DEBUG":  # websockets logs every connection at INFO
         logging.getLogger("websockets").setLevel(logging.WARNING)
@@ -428,13 +436,27 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return run_server(config)
+    return run_server(config, setup)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m snac_stream.server", description="SNAC code relay")
     add_serve_arguments(parser)
-    return run_serve(parser.parse_args(argv))
+    parser.add_argument("--model", default=None, help="also serve /encode and /decode with this model spec")
+    parser.add_argument("--seed", type=int, default=0, help="decoder noise seed of /decode (default 0)")
+    args = parser.parse_args(argv)
+    setup = None
+    if args.model:
+        from snac_model import load_model
+
+        from .endpoints import add_model_endpoints
+
+        model = load_model(args.model).fold_weight_norm().eval()
+
+        def setup(server: Server) -> None:
+            add_model_endpoints(server, model, seed=args.seed)
+
+    return run_serve(args, setup)
 
 
 if __name__ == "__main__":

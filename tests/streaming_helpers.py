@@ -311,7 +311,15 @@ def state_tensors(obj, seen: set | None = None):
             yield from state_tensors(v, seen)
 
 
-def state_size(*objs) -> tuple[int, int]:
-    """(elements, bytes) of all tensors in the given state objects."""
-    tensors = [t for o in objs for t in state_tensors(o)]
-    return sum(t.numel() for t in tensors), sum(t.numel() * t.element_size() for t in tensors)
+def state_size(*objs) -> tuple[int, int, int]:
+    """(elements, bytes, storage bytes) of all distinct tensors reachable from the given state
+    objects. Storage bytes count each underlying buffer once, in full: a small view that
+    keeps a large buffer alive shows there."""
+    seen: set = set()
+    tensors = [t for o in objs for t in state_tensors(o, seen)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return (
+        sum(t.numel() for t in tensors),
+        sum(t.numel() * t.element_size() for t in tensors),
+        sum(storages.values()),
+    )

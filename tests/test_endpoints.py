@@ -326,10 +326,14 @@ async def test_decode_conceals_a_lost_packet_with_counted_silence():
         got = await remote_decode(srv.url, packets[:5] + packets[6:])
         assert got.shape == (n,)
         f0, f1 = lost.first_frame * 16, (lost.first_frame + lost.n_frames) * 16
-        head = offline_audio(model, [c[: lost.first_frame * r] for c, r in zip(codes, (1, 2))], f0)
+        head = offline_audio(
+            model, [c[: lost.first_frame * r] for c, r in zip(codes, (1, 2), strict=True)], f0
+        )
         np.testing.assert_allclose(got[:f0], head, atol=1e-5, rtol=0)
         assert not got[f0:f1].any()
-        tail = offline_audio(model, [c[(lost.first_frame + 4) * r :] for c, r in zip(codes, (1, 2))], n - f1)
+        tail = offline_audio(
+            model, [c[(lost.first_frame + 4) * r :] for c, r in zip(codes, (1, 2), strict=True)], n - f1
+        )
         np.testing.assert_allclose(got[f1:], tail, atol=1e-5, rtol=0)
         assert srv.counters["decode_frames_concealed"] == 4
 
@@ -396,11 +400,14 @@ async def test_idle_model_session_times_out_and_token_is_required():
 async def test_concurrent_sessions_are_independent():
     model = tiny_model()
     info = ModelInfo.from_model(model)
-    async with serving(model) as srv:
+    async with serving(model, max_model_sessions=6) as srv:
         pcms = [audio(700 + 100 * i, i) for i in range(3)]
         codes = [offline_codes(model, p) for p in pcms]
         jobs = [remote_encode(srv.url, p, chunk_samples=64) for p in pcms]
-        jobs += [remote_decode(srv.url, stream_packets(c, info, len(p), 1)) for c, p in zip(codes, pcms)]
+        jobs += [
+            remote_decode(srv.url, stream_packets(c, info, len(p), 1))
+            for c, p in zip(codes, pcms, strict=True)
+        ]
         results = await asyncio.gather(*jobs)
         for packets, want in zip(results[:3], codes, strict=True):
             assert all(torch.equal(a, b) for a, b in zip(join_codes(packets), want, strict=True))
