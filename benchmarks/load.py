@@ -54,6 +54,7 @@ class LoadResult:
     latency_samples: int = 0
     rss_baseline_mib: float = 0.0
     rss_peak_mib: float = 0.0
+    server_cpu_s: float = 0.0  #: user + system CPU time of the server process
     wall_s: float = 0.0
     errors: list[str] = field(default_factory=list)
     server_counters: dict = field(default_factory=dict)
@@ -74,7 +75,9 @@ class LoadResult:
                 f"relay latency (publisher send -> listener decoded), {self.latency_samples} packets: "
                 f"p50 {self.latency_p50_ms:.2f} ms, p99 {self.latency_p99_ms:.2f} ms, "
                 f"max {self.latency_max_ms:.2f} ms",
-                f"server RSS: baseline {self.rss_baseline_mib:.1f} MiB, peak {self.rss_peak_mib:.1f} MiB",
+                f"server RSS: baseline {self.rss_baseline_mib:.1f} MiB, peak {self.rss_peak_mib:.1f} MiB; "
+                f"server CPU {self.server_cpu_s:.1f} s in {self.wall_s:.1f} s wall "
+                f"({100 * self.server_cpu_s / max(self.wall_s, 1e-9):.0f} % of one core)",
                 f"errors: {self.errors or 'none'}",
             ]
         )
@@ -90,10 +93,14 @@ class _RssSampler:
         self.proc = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
+        self.cpu = 0.0
 
     def sample(self) -> int:
-        rss = self.proc.memory_info().rss
+        with self.proc.oneshot():
+            rss = self.proc.memory_info().rss
+            t = self.proc.cpu_times()
         self.peak = max(self.peak, rss)
+        self.cpu = t.user + t.system
         return rss
 
     async def run(self) -> None:
@@ -156,6 +163,7 @@ async def run_load(
     sampler = _RssSampler(proc.pid, rss_interval)
     await asyncio.sleep(0.2)
     result.rss_baseline_mib = sampler.sample() / 2**20
+    cpu0 = sampler.cpu
     sampler_task = asyncio.create_task(sampler.run())
     sent_at: dict[tuple[int, int], float] = {}
     latencies: list[float] = []
@@ -234,6 +242,7 @@ async def run_load(
         except psutil.Error:
             pass
         result.rss_peak_mib = sampler.peak / 2**20
+        result.server_cpu_s = sampler.cpu - cpu0
         proc.terminate()
         try:
             async with asyncio.timeout(20):

@@ -1,10 +1,10 @@
 """``snac-stream info [MODEL] [--json]``: the numbers a user picks a codec by.
 
 Sample rate, hop, frame rate of every level, codes per coarse frame and its duration,
-bitrate, parameter count, attention window and the model fingerprint. MODEL is a local
-checkpoint directory, a hub id or ``random:24khz`` / ``random:32khz`` / ``random:44khz``;
-without MODEL the published 24 kHz model is used, or (offline) its seeded random stand-in
-with a loud warning.
+bitrate, algorithmic streaming latency, parameter count, attention window and the model
+fingerprint. MODEL is a local checkpoint directory, a hub id or ``random:24khz`` /
+``random:32khz`` / ``random:44khz``; without MODEL the published 24 kHz model is used, or
+(offline) its seeded random stand-in with a loud warning.
 """
 
 from __future__ import annotations
@@ -30,7 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_info(model, spec: str) -> dict:
     """Everything ``info`` prints, as JSON-able values (rates in Hz, bitrate in bits/s)."""
+    from snac_stream.latency import decoder_latency, encoder_latency, end_to_end_latency
+
     info = {"model": spec, **model.describe()}
+    info["latency_ms"] = {
+        "encoder": encoder_latency(model).ms,
+        "decoder": decoder_latency(model).ms,
+        "end_to_end": end_to_end_latency(model).ms,
+    }
     info.update(
         n_codebooks=model.n_codebooks,
         latent_rate_hz=model.latent_rate,
@@ -46,6 +53,7 @@ def model_info(model, spec: str) -> dict:
 def format_table(info: dict) -> str:
     rates = " / ".join(f"{r:g}" for r in info["frame_rates_hz"])
     window = info["attn_window_size"]
+    lat = info["latency_ms"]
     rows = [
         ("model", info["model"]),
         ("sample rate", f"{info['sample_rate']} Hz"),
@@ -60,6 +68,11 @@ def format_table(info: dict) -> str:
         ("codebook", f"{info['codebook_size']} entries ({info['bits_per_code']:g} bits per code)"),
         ("bitrate", f"{info['bitrate_bps']:.1f} bps ({info['bitrate_kbps']:.3f} kbps)"),
         ("attention window", "none" if window is None else f"{window} latent frames"),
+        (
+            "algorithmic latency",
+            f"encoder {lat['encoder']:.0f} ms, decoder {lat['decoder']:.0f} ms, end to end "
+            f"{lat['end_to_end']:.0f} ms (exact streaming, worst case over frame phase)",
+        ),
         ("parameters", f"{info['parameters'] / 1e6:.1f} M ({info['parameters']:,})"),
         ("fingerprint", info["fingerprint"]),
     ]
