@@ -208,7 +208,7 @@ def run_bench(cfg: BenchConfig, malloc_tuned: bool = False, show_progress: bool 
     if machine["cpu_count"] and load > machine["cpu_count"]:
         warnings.append(
             f"load average {load:g} > {machine['cpu_count']} CPUs: other processes share the cores; "
-            "multi-threaded timings of small steps suffer most"
+            "multi-threaded timings of small steps suffer most (try --threads 1)"
         )
     machine["warnings"] = warnings
     return {

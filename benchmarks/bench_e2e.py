@@ -339,6 +339,9 @@ def _summarise(streams: list[_Stream], model, audio: torch.Tensor, block: int, w
         "per_stream_p99_ms": [percentiles(c["total"] * 1000.0)["p99"] for c in comps],
         "decoder_max_backlog_packets": max(st.recv.max_backlog for st in streams),
     }
+    frame_ms = 1000.0 * model.frame_size / sr
+    late = out["components_ms"]["capture"]["p99"]
+    out["keeps_up_with_real_time"] = None if late is None else bool(late < frame_ms + out["block_ms"])
     # exactness of the whole path: stream 0 against the offline codec
     st = streams[0]
     received = torch.cat(st.recv.audio, dim=-1)[..., : st.recv.total_samples]

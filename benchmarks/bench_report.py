@@ -96,6 +96,13 @@ def render(result: dict, console) -> None:
         tot = e["total_ms"]
         t.add_row(label, "", "", _f(tot["p50"]) + " ms", _f(tot["p95"]) + " ms", _f(tot["p99"]) + " ms")
     console.print(t)
+    for e in (e1, en):
+        if e.get("keeps_up_with_real_time") is False:
+            console.print(
+                f"  [yellow]{e['streams']} stream(s): the senders fell behind real time (capture p99 "
+                f"{e['components_ms']['capture']['p99']:.0f} ms): encode + decode of all streams need more "
+                "CPU than this machine gave them[/yellow]"
+            )
     console.print(
         f"  (samples at {sr} Hz; end to end over loopback WebSocket, {e1['block_ms']:.0f} ms capture blocks)"
     )
@@ -134,7 +141,8 @@ def render(result: dict, console) -> None:
             notes.append(f"{r['code_mismatches']}/{r['codes_compared']} codes differ")
         if r["name"] == "sliding window":
             a, b = r["covered_samples"]
-            notes.append(f"covers [{a}, {b}): loses {a} + tail")
+            fs = m["coarse_frame_samples"]
+            notes.append(f"outputs samples [{a}, {b}): never frame 0 nor the last 2 (of {fs})")
         ttfa = "-"
         if r["ttfa_ms"] is not None:
             ttfa = f"{r['ttfa_ms']:.0f} ({r['ttfa_wait_ms']:.0f}+{r['ttfa_compute_ms']:.0f})"
@@ -186,7 +194,11 @@ def render(result: dict, console) -> None:
         )
     console.print(t)
 
-    t = Table(title="Wire (1 stream, CODES of 1 coarse frame per packet)", title_justify="left")
+    t = Table(
+        title=f"Wire (1 stream, one CODES packet per encoder push: {wire['frames_per_packet_mean']:.2f} "
+        "coarse frames per packet on average)",
+        title_justify="left",
+    )
     for col in ("", "bits/s", "x nominal"):
         t.add_column(col, justify="left" if not col else "right")
     nominal = wire["nominal_bps"]
@@ -211,6 +223,7 @@ def render(result: dict, console) -> None:
 
 
 def plot(result: dict, path: str) -> None:
+    """One page, four panels: latency breakdown, cost per method, exactness, compute per hop."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,100 +231,93 @@ def plot(result: dict, path: str) -> None:
     import numpy as np
 
     m, lat, cost, ex, hop = (result[k] for k in ("model", "latency", "cost", "exactness", "per_hop_ms"))
+    mach = result["machine"]
     e1, en = result["e2e"]["single"], result["e2e"]["concurrent"]
-    fig, axes = plt.subplots(2, 2, figsize=(15, 10), gridspec_kw={"height_ratios": [1, 1.15]})
-    title = (
+    fig, axes = plt.subplots(2, 2, figsize=(16, 10.5), layout="constrained")
+    fig.suptitle(
         f"snac-stream bench: {m['spec']} ({m['sample_rate']} Hz"
-        f"{', random weights' if m['random_weights'] else ''}), {result['machine']['device']}, "
-        f"{result['machine']['threads']} threads, {result['machine']['cpu']}"
+        f"{', seeded random weights' if m['random_weights'] else ''}) on {mach['device']}, "
+        f"{mach['threads']} torch thread(s), {mach['cpu']} x{mach['cpu_count']}, torch {mach['torch']}",
+        fontsize=12,
+        fontweight="bold",
     )
-    fig.suptitle(title, fontsize=12, fontweight="bold")
+    small = {"fontsize": 8, "clip_on": True}
 
     # (a) latency breakdown ------------------------------------------------------------
     ax = axes[0, 0]
-    rows = [(f"measured, {en['streams']} streams", en), ("measured, 1 stream", e1)]
     e2e_a = lat["e2e_algorithmic_ms"]
-    xmax = 1.5 * max(e1["total_ms"]["p99"] or 0.0, e2e_a)
-    clipped = (en["total_ms"]["p99"] or 0.0) > xmax
-    if not clipped:
-        xmax = 1.25 * max(xmax / 1.5, en["total_ms"]["p99"] or 0.0)
+    rows = [(f"{en['streams']} streams", en), ("1 stream", e1)]
+    xmax = 1.45 * max(e1["total_ms"]["p99"] or 0.0, e2e_a)
+    if (en["total_ms"]["p99"] or 0.0) * 1.1 <= xmax * 1.6:  # no need to clip: show everything
+        xmax = 1.1 * max(xmax / 1.45, en["total_ms"]["p99"] or 0.0)
     for i, (_, e) in enumerate(rows):
         left = 0.0
         for c in COMPONENTS:
             w = e["components_ms"][c]["mean"] or 0.0
-            ax.barh(i, w, left=left, color=COMPONENT_COLORS[c], label=c if i == 0 else None, height=0.6)
+            ax.barh(i, w, left=left, color=COMPONENT_COLORS[c], label=c if i == 0 else None, height=0.55)
             shown = min(left + w, xmax) - min(left, xmax)
-            if shown > 0.07 * xmax:
-                ax.text(left + shown / 2, i, f"{w:.0f}", ha="center", va="center", fontsize=8, color="white")
+            if shown > 0.06 * xmax:
+                ax.text(left + shown / 2, i, f"{w:.0f}", ha="center", va="center", color="white", **small)
             left += w
         tot = e["total_ms"]
         for q, mk in (("p50", "|"), ("p95", "x"), ("p99", "*")):
             if tot[q] is not None and tot[q] <= xmax:
-                ax.plot(tot[q], i, marker=mk, color="black", markersize=9, linestyle="none")
-        text = f"total p50 {tot['p50']:.0f}, p95 {tot['p95']:.0f}, p99 {tot['p99']:.0f} ms"
+                ax.plot(tot[q], i, marker=mk, color="black", markersize=10, linestyle="none")
+        label = f"total p50 {tot['p50']:.0f} / p95 {tot['p95']:.0f} / p99 {tot['p99']:.0f} ms"
         if left > xmax:
-            parts = ", ".join(f"{c} {e['components_ms'][c]['mean']:.0f}" for c in COMPONENTS)
-            text += f"  (bar clipped; means: {parts})"
-            ax.annotate("", xy=(xmax, i), xytext=(xmax * 0.93, i), arrowprops={"arrowstyle": "->", "lw": 2})
-        ax.text(0, i + 0.38, text, fontsize=8, va="center")
+            label += f" (bar clipped at {xmax:.0f})"
+        ax.text(xmax * 0.01, i + 0.4, label, va="center", **small)
     i = len(rows)
-    ax.barh(i, e2e_a, color=COMPONENT_COLORS["algorithmic"], height=0.6, alpha=0.55)
+    ax.barh(i, e2e_a, color=COMPONENT_COLORS["algorithmic"], height=0.55, alpha=0.5)
     ax.text(
-        0,
-        i + 0.38,
-        f"analytic worst case {e2e_a:.0f} ms = encoder {lat['encoder_algorithmic_ms']:.0f} + decoder "
-        f"{lat['decoder_algorithmic_ms']:.0f} ms lookahead (probes {lat['encoder_probe_ms']:.0f} / "
-        f"{lat['decoder_probe_ms']:.0f} ms)",
-        fontsize=8,
+        xmax * 0.01,
+        i + 0.4,
+        f"analytic worst case {e2e_a:.0f} ms (encoder {lat['encoder_algorithmic_ms']:.0f} + decoder "
+        f"{lat['decoder_algorithmic_ms']:.0f}; probes {lat['encoder_probe_ms']:.0f} / "
+        f"{lat['decoder_probe_ms']:.0f})",
         va="center",
+        **small,
     )
-    ax.set_yticks(np.arange(len(rows) + 1), [r[0] for r in rows] + ["algorithmic (lookahead)"])
+    ax.set_yticks(
+        np.arange(len(rows) + 1),
+        [f"measured\n{r[0]}" for r in rows] + ["algorithmic\n(lookahead)"],
+        fontsize=9,
+    )
     ax.set_ylim(-0.5, len(rows) + 0.75)
     ax.set_xlim(0, xmax)
-    ax.set_xlabel("ms per sample (bars: mean of each component; markers: total p50 |, p95 x, p99 *)")
-    ax.set_title("End-to-end latency over loopback WebSocket: where it goes")
-    ax.legend(loc="lower right", fontsize=8, ncol=3, framealpha=0.9)
+    ax.set_xlabel("ms per sample: bars = mean of each part; markers = total p50 |  p95 x  p99 *")
+    ax.set_title(f"End-to-end latency over loopback WebSocket ({e1['block_ms']:.0f} ms capture blocks)")
+    ax.legend(loc="upper right", fontsize=8, ncol=3, framealpha=0.95)
     ax.grid(axis="x", alpha=0.3)
 
     # (b) cost per method ---------------------------------------------------------------
     ax = axes[0, 1]
     methods = cost["methods"]
-    labels = [
-        f"{r['op']}: {r['name']}" + ("" if r["hop"] in ("whole",) else f" ({r['hop']})") for r in methods
-    ]
+    labels = [f"{r['op']}: {r['name']}" + ("" if r["hop"] == "whole" else f" ({r['hop']})") for r in methods]
     rtfs = [r["rtf"] or 0.0 for r in methods]
-    colors = []
-    for r in methods:
-        if r["name"] == "offline":
-            colors.append("#8c8c8c")
-        elif r["name"] == "ours":
-            colors.append("#4c72b0" if r["op"] == "encode" else "#55a868")
-        else:
-            colors.append("#c44e52")
+    palette = {"offline": "#8c8c8c", "ours encode": "#4c72b0", "ours decode": "#55a868"}
+    colors = [palette.get(r["name"], palette.get(f"{r['name']} {r['op']}", "#c44e52")) for r in methods]
     yy = np.arange(len(methods))[::-1]
+    xmax_b = max(rtfs + [1.0]) * 1.3
     bars = ax.barh(yy, rtfs, color=colors, height=0.65)
     for b, r, v in zip(bars, methods, rtfs, strict=True):
         if r["truncated"]:
             b.set_hatch("//")
-        ax.text(
-            v,
-            b.get_y() + b.get_height() / 2,
-            f" {v:.2f}" + (" (partial)" if r["truncated"] else ""),
-            va="center",
-            fontsize=8,
-        )
+        note = f" {v:.2f}" + (f" (first {r['audio_s']:.1f} s, budget)" if r["truncated"] else "")
+        ax.text(v, b.get_y() + b.get_height() / 2, note, va="center", **small)
     ax.axvline(1.0, color="black", linestyle="--", linewidth=1, label="real time (RTF 1)")
-    ax.legend(loc="lower right", fontsize=8)
     ax.set_yticks(yy, labels, fontsize=8)
+    ax.set_xlim(0, xmax_b)
     ax.set_xlabel("real-time factor = compute s / audio s (lower is better)")
     ra = cost["ratios"]
+    enc_r, dec_r = ra["stream_over_offline_encode"], ra["stream_over_offline_decode"]
     ax.set_title(
-        f"Cost per method: ours/offline encode {_f(ra['stream_over_offline_encode'], '{:.2f}x')}, "
-        f"decode {_f(ra['stream_over_offline_decode'], '{:.2f}x')}; sliding/ours "
-        f"{_f(ra['sliding_window_over_stream_decode'], '{:.2f}x')}",
+        f"Cost per method ({cost['audio_seconds']:.0f} s of audio)\nours (hop 1 frame) / offline: encode "
+        f"{_f(enc_r, '{:.2f}x')}, decode {_f(dec_r, '{:.2f}x')} (target <= {ra['target']}x); "
+        f"sliding window / ours: {_f(ra['sliding_window_over_stream_decode'], '{:.2f}x')}",
         fontsize=10,
     )
-    ax.set_xlim(0, max(rtfs + [1.0]) * 1.25)
+    ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
 
     # (c) exactness and first audio of the decoders -----------------------------------
@@ -321,57 +327,60 @@ def plot(result: dict, path: str) -> None:
         for r in methods
         if r["op"] == "decode" and r["name"] != "offline" and r["hop"] in ("frame", "window")
     ]
-    names = [f"{r['name']} ({r['hop']})" for r in dec]
-    devs = [max(r["max_abs_noise_off"], 1e-9) for r in dec]
+    names = [f"{r['name']}\n(hop {r['hop']})" for r in dec]
     x = np.arange(len(dec))
-    bars = ax.bar(x, devs, color=["#55a868" if r["name"] == "ours" else "#c44e52" for r in dec], width=0.55)
+    vals = [r["max_abs_noise_off"] for r in dec]
+    bars = ax.bar(
+        x, [max(v, 1e-9) for v in vals], color=[palette.get(f"{r['name']} decode", "#c44e52") for r in dec]
+    )
     ax.set_yscale("log")
-    ax.set_ylim(1e-9, 10)
-    for b, r in zip(bars, dec, strict=True):
-        v = r["max_abs_noise_off"]
+    ax.set_ylim(1e-9, 30)
+    for b, r, v in zip(bars, dec, vals, strict=True):
         ttfa = "" if r["ttfa_ms"] is None else f"\nfirst audio {r['ttfa_ms']:.0f} ms"
-        ax.text(b.get_x() + b.get_width() / 2, max(v, 1e-9) * 1.6, f"{v:.1e}{ttfa}", ha="center", fontsize=8)
-    ax.set_xticks(x, names, fontsize=9)
-    ax.set_ylabel("max |output - exact offline output| (noise off)")
+        ax.text(b.get_x() + b.get_width() / 2, max(v, 1e-9) * 2, f"{v:.1e}{ttfa}", ha="center", **small)
     ax.axhline(ex["reference_rms"], color="gray", linestyle=":", linewidth=1, label="RMS of the exact output")
+    ax.set_xticks(x, names, fontsize=9)
+    ax.set_ylabel("max |output - exact offline output|")
+    ax.set_title(
+        "Exactness: same codes, same weights, noise off (ours with noise and seed 0: "
+        + _dev(ex["stream_decode_seeded_max_abs"])
+        + ")",
+        fontsize=10,
+    )
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title("Exactness of streamed decoding (same codes, same weights)")
     ax.grid(axis="y", alpha=0.3)
 
     # (d) compute per hop ---------------------------------------------------------------
     ax = axes[1, 1]
-    keys = [("encode", hop["encode"]), ("decode", hop["decode"]), ("encode+decode", hop)]
+    keys = [("encode push", hop["encode"]), ("decode push", hop["decode"]), ("encode + decode", hop)]
     x = np.arange(len(keys))
-    width = 0.25
+    width = 0.26
     for j, (q, col) in enumerate((("p50", "#4c72b0"), ("p95", "#dd8452"), ("p99", "#c44e52"))):
         vals = [d[q] or 0.0 for _, d in keys]
         bs = ax.bar(x + (j - 1) * width, vals, width, color=col, label=q)
         for b, v in zip(bs, vals, strict=True):
-            ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
-    ax.axhline(hop["hop_ms"], color="black", linestyle="--", linewidth=1)
-    ax.text(
-        len(keys) - 0.5,
-        hop["hop_ms"] * 1.02,
-        f"hop = {hop['hop_ms']:.1f} ms of audio",
-        ha="right",
-        fontsize=8,
+            ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.0f}", ha="center", va="bottom", **small)
+    ax.axhline(
+        hop["hop_ms"], color="black", linestyle="--", linewidth=1, label=f"hop = {hop['hop_ms']:.1f} ms audio"
     )
+    top = max([hop["hop_ms"]] + [d[q] or 0.0 for _, d in keys for q in ("p99",)])
+    ax.set_ylim(0, top * 1.2)
     ax.set_xticks(x, [k for k, _ in keys])
-    ax.set_ylabel("ms of compute for one coarse frame")
-    ax.set_title("Compute latency per hop (streaming step, 1 coarse frame)")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("ms of compute per coarse frame")
+    ax.set_title("Compute latency per hop (one streaming step of 1 coarse frame)")
+    ax.legend(fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
 
     w = result["wire"]
+    fig.get_layout_engine().set(h_pad=0.15)
     fig.text(
         0.5,
-        0.005,
+        -0.01,
         f"wire: nominal {w['nominal_bps']:.0f} b/s, packets {w['payload_bps']:.0f} b/s, on the wire "
         f"{w['measured_bps']:.0f} b/s ({w['measured_bps'] / w['nominal_bps']:.2f}x nominal).   "
-        f"allocator: {result['machine']['allocator']['summary']}",
+        f"allocator: {mach['allocator']['summary']}.   load average {mach['loadavg_start']}",
         ha="center",
         fontsize=8,
     )
-    fig.tight_layout(rect=(0, 0.02, 1, 0.96))
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -29,6 +29,7 @@ from .fastops import (
     TCNoise,
     TCPointwise,
     TCResidual,
+    TCResidualUnit,
     TCSequential,
     TimeMajor,
     _linear,
@@ -109,7 +110,11 @@ def _build_tc(module: nn.Module, dt: torch.dtype | None) -> StreamOp:
     if isinstance(module, layers.EncoderBlock | layers.DecoderBlock):
         return _build_tc(module.block, dt)
     if isinstance(module, layers.ResidualUnit):
-        return TCResidual(_build_tc(module.block, dt))
+        block = _build_tc(module.block, dt)
+        snake1, conv, snake2, linear = block.ops
+        if isinstance(conv, TCConv) and conv.mode == "depthwise":
+            return TCResidualUnit(snake1, conv, snake2, linear.fn.args[0])
+        return TCResidual(block)
     if isinstance(module, layers.Snake1d):
         alpha = module.alpha.detach()
         a, inv = alpha.reshape(-1).contiguous(), (alpha + 1e-9).reciprocal().reshape(-1).contiguous()

@@ -236,7 +236,6 @@ async def publish(
     restarter = _Restarter()
     ws: ClientConnection | None = None
     attempt = 0
-    pending: list[Packet] = []
     source = _aiter(packets)
 
     async def backoff(code: int, reason: str) -> None:
@@ -250,17 +249,14 @@ async def publish(
 
     try:
         while True:
-            if pending:
-                packet = pending.pop(0)
-            else:
-                try:
-                    packet = await source.__anext__()
-                except StopAsyncIteration:
-                    break
-                if isinstance(packet, bytes | bytearray | memoryview):
-                    packet = decode_packet(packet, info, max_size)
-                if isinstance(packet, Hello):
-                    info = packet.info
+            try:
+                packet = await source.__anext__()
+            except StopAsyncIteration:
+                break
+            if isinstance(packet, bytes | bytearray | memoryview):
+                packet = decode_packet(packet, info, max_size)
+            if isinstance(packet, Hello):
+                info = packet.info
             while True:
                 if ws is None:
                     try:

@@ -15,7 +15,9 @@ The operators subclass their reference counterparts, so ``need`` (the latency an
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -92,6 +94,75 @@ class TCResidual(Residual):
         if state.skip.shape[1]:
             raise AssertionError("residual block returned fewer outputs than inputs")
         return out
+
+
+@dataclass
+class UnitState:
+    hist: torch.Tensor  # [B, h, C]: Snake outputs the depthwise conv still needs (starts as its left padding)
+    skip: torch.Tensor  # [B, r, C]: inputs waiting for their block output (the skip delay line)
+
+
+class TCResidualUnit(StreamOp):
+    """SNAC's residual unit fused: ``x + conv1x1(snake2(dwconv_k,d(snake1(x))))``.
+
+    The first Snake writes straight behind the conv's history in one buffer (no concat of
+    its output), the 1x1 conv is one GEMM with the bias fused, and the skip path is added
+    from the delay line and the input in place (no concat). Same results as
+    ``TCResidual(TCSequential([snake1, conv, snake2, linear]))``.
+    """
+
+    def __init__(self, snake1: TCPointwise, conv: TCConv, snake2: TCPointwise, linear: Linear):
+        if conv.mode != "depthwise":
+            raise ValueError("TCResidualUnit needs a depthwise conv")
+        self.snake1, self.conv, self.snake2, self.linear = snake1.fn, conv, snake2.fn, linear
+        self.out_channels = conv.out_channels
+
+    def init_state(self, batch, device, dtype):
+        c = self.out_channels
+        hist = torch.zeros(batch, self.conv.padding, c, device=device, dtype=dtype)
+        return UnitState(hist, torch.zeros(batch, 0, c, device=device, dtype=dtype))
+
+    def _finish(self, state: UnitState, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Convolve buffer ``u`` (history + new Snake outputs), add the skip path of ``x``."""
+        conv = self.conv
+        m = u.shape[1] - conv.span + 1
+        if m <= 0:
+            state.hist, state.skip = u, cat_rows(state.skip, x)
+            return empty_rows(u, self.out_channels)
+        y = kernels.depthwise(u, conv.taps, conv.bias, conv.dilation, m)
+        z = _linear(self.linear, self.snake2(y))
+        state.hist = u[:, m:]
+        skip, r = state.skip, state.skip.shape[1]
+        if m <= r:
+            z += skip[:, :m]
+            state.skip = cat_rows(skip[:, m:], x)
+        else:
+            z[:, :r] += skip
+            z[:, r:] += x[:, : m - r]
+            state.skip = x[:, m - r :]
+        return z
+
+    def step(self, state: UnitState, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        if T == 0:
+            return empty_rows(x, C)
+        h = state.hist.shape[1]
+        u = torch.empty(B, h + T, C, dtype=x.dtype, device=x.device)
+        u[:, :h] = state.hist
+        self.snake1(x, out=u[:, h:])
+        return self._finish(state, u, x)
+
+    def flush(self, state: UnitState, like: torch.Tensor) -> torch.Tensor:
+        hist = state.hist
+        pad = hist.new_zeros(hist.shape[0], self.conv.padding, hist.shape[2])
+        out = self._finish(state, cat_rows(hist, pad), empty_rows(like, self.out_channels))
+        if state.skip.shape[1]:
+            raise AssertionError("residual unit returned fewer outputs than inputs")
+        state.hist = hist[:, :0]
+        return out
+
+    def need(self, j):
+        return np.maximum(self.conv.need(j), np.asarray(j) + 1)
 
 
 class TCConv(Conv1d):
@@ -255,7 +326,8 @@ class TCAttention(LocalAttention):
 
 class TimeMajor(StreamOp):
     """A chain of time-major operators behind the ``[B, C, T]`` interface: inputs are
-    transposed once (a copy), outputs come back as a transposed view."""
+    transposed once (always a copy: the chain may keep views of its input, so it must not
+    alias the caller's tensor), outputs come back as a transposed view."""
 
     def __init__(self, inner: StreamOp):
         self.inner = inner
@@ -265,7 +337,8 @@ class TimeMajor(StreamOp):
         return self.inner.init_state(batch, device, dtype)
 
     def step(self, state, x: torch.Tensor) -> torch.Tensor:
-        return self.inner.step(state, x.transpose(1, 2).contiguous()).transpose(1, 2)
+        x = x.transpose(1, 2).clone(memory_format=torch.contiguous_format)
+        return self.inner.step(state, x).transpose(1, 2)
 
     def flush(self, state, like: torch.Tensor) -> torch.Tensor:
         return self.inner.flush(state, like.transpose(1, 2)).transpose(1, 2)
@@ -290,6 +363,7 @@ __all__ = [
     "TCPointwise",
     "TCSequential",
     "TCResidual",
+    "TCResidualUnit",
     "TCConv",
     "TCConvTranspose",
     "TCNoise",

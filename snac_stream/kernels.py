@@ -34,12 +34,15 @@ def snake_reference(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
 
 
-def snake(x: torch.Tensor, alpha: torch.Tensor, inv_alpha: torch.Tensor) -> torch.Tensor:
-    """Snake in four passes over one new buffer; ``inv_alpha = 1 / (alpha + 1e-9)``.
+def snake(
+    x: torch.Tensor, alpha: torch.Tensor, inv_alpha: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Snake in four passes over one buffer (``out``, or a new one); ``inv_alpha = 1 / (alpha + 1e-9)``.
 
-    ``x [..., C]`` with ``alpha``/``inv_alpha`` ``[C]`` (any broadcastable shape works).
-    Equal to :func:`snake_reference` to float rounding (float64: ~1e-16)."""
-    out = torch.mul(x, alpha)
+    ``x [..., C]`` with ``alpha``/``inv_alpha`` ``[C]`` (any broadcastable shape works);
+    ``out`` must not overlap ``x``. Equal to :func:`snake_reference` to float rounding
+    (float64: ~1e-16)."""
+    out = torch.mul(x, alpha) if out is None else torch.mul(x, alpha, out=out)
     if out.dtype == torch.float32 and out.numel() >= 256:
         a = out.numpy()  # shares memory; no copy
         np.sin(a, out=a)
@@ -102,8 +105,8 @@ class Linear:
 
 def tune_allocator() -> bool:
     """Stop glibc from returning freed memory to the OS on every call (``M_MMAP_MAX=0``,
-    ``M_TRIM_THRESHOLD=64 GiB``), the run-time equivalent of ``MALLOC_MMAP_MAX_=0
-    MALLOC_TRIM_THRESHOLD_=68719476736``: large tensors are then reused from the heap
+    ``M_TRIM_THRESHOLD=2 GiB``, the most ``mallopt`` takes), the run-time equivalent of
+    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...``: large tensors are then reused from the heap
     instead of being mmap'd and page-faulted on every step. Process-wide; returns whether
     it took effect (False off glibc)."""
     name = ctypes.util.find_library("c")

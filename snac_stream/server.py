@@ -440,23 +440,10 @@ def run_serve(args: argparse.Namespace, setup: Callable[[Server], Any] | None = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m snac_stream.server", description="SNAC code relay")
-    add_serve_arguments(parser)
-    parser.add_argument("--model", default=None, help="also serve /encode and /decode with this model spec")
-    parser.add_argument("--seed", type=int, default=0, help="decoder noise seed of /decode (default 0)")
-    args = parser.parse_args(argv)
-    setup = None
-    if args.model:
-        from snac_model import load_model
+    """``python -m snac_stream.server ...`` is ``snac-stream serve ...``."""
+    from .cli import main as cli_main
 
-        from .endpoints import add_model_endpoints
-
-        model = load_model(args.model).fold_weight_norm().eval()
-
-        def setup(server: Server) -> None:
-            add_model_endpoints(server, model, seed=args.seed)
-
-    return run_serve(args, setup)
+    return cli_main(["serve", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@
 - ``state_tensors(obj)``: every tensor held by a stream's state (for the memory bound).
 
 ``SNAC_STREAM_EXAMPLES_SCALE`` (a float, default 1) multiplies every property test's
-``max_examples`` for longer local runs, e.g. ``SNAC_STREAM_EXAMPLES_SCALE=20 pytest tests/test_stream_exact.py``.
+``max_examples`` for longer local runs, e.g.
+``SNAC_STREAM_EXAMPLES_SCALE=20 pytest tests/test_stream_exact.py``.
 """
 
 from __future__ import annotations
@@ -198,10 +199,11 @@ def finish_chunks(pieces: Sequence[int], n: int, tail: int | None = None) -> lis
 
 
 @st.composite
-def sample_chunks(draw, n: int, frame: int, max_pieces: int = 30) -> list[int]:
+def sample_chunks(draw, n: int, frame: int, window: int | None = None, max_pieces: int = 30) -> list[int]:
     """Chunk sizes summing to ``n``: one big chunk, one-sample chunks, or a random mix of
-    empty, tiny, frame-sized (± 1) and several-frame chunks that straddle frame and window
-    boundaries."""
+    empty, tiny, frame-sized (± 1), window-sized (± 1, ``window`` in samples) and
+    several-frame chunks that straddle frame and window boundaries."""
+    window = window or frame
     mode = draw(st.sampled_from(["big", "ones", "mixed", "mixed", "mixed"]))
     if mode == "big":
         return draw(st.sampled_from([[n], [0, n, 0]]))
@@ -212,7 +214,7 @@ def sample_chunks(draw, n: int, frame: int, max_pieces: int = 30) -> list[int]:
         st.just(0),
         st.just(1),
         st.integers(2, max(2, frame + 1)),
-        st.sampled_from([max(frame - 1, 1), frame, frame + 1]),
+        st.sampled_from([max(frame - 1, 1), frame, frame + 1, max(window - 1, 1), window, window + 1]),
         st.integers(frame, 3 * frame + 7),
     )
     pieces = draw(st.lists(size, max_size=max_pieces))
@@ -243,7 +245,9 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def split_codes(codes: Sequence[torch.Tensor], strides: Sequence[int], t0: int, t1: int) -> list[torch.Tensor]:
+def split_codes(
+    codes: Sequence[torch.Tensor], strides: Sequence[int], t0: int, t1: int
+) -> list[torch.Tensor]:
     """The tokens that arrive with ticks ``t0 .. t1-1``: level i carries tokens
     ``ceil(t0/s_i) .. ceil(t1/s_i)-1``."""
     return [c[:, ceil_div(t0, s) : ceil_div(t1, s)] for c, s in zip(codes, strides, strict=True)]

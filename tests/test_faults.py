@@ -346,3 +346,24 @@ async def test_server_restart_clients_reconnect_and_resume_a_new_stream():
     np.testing.assert_allclose(out, want, atol=1e-5, rtol=0)
     assert receiver.stats.streams_aborted == 1 and receiver.stats.streams_completed == 1
     await lis.aclose()
+
+
+@run_async
+async def test_publisher_waits_for_a_server_that_is_not_up_yet():
+    model, info, codes, packets = make(16 * 8, 2)
+    with socket.socket() as s:  # a free port, nobody listening yet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}/rooms/w?role=publish"
+    publisher = asyncio.create_task(
+        publish(url, packets, reconnect=True, backoff_initial=0.05, backoff_max=0.2)
+    )
+    await asyncio.sleep(0.3)  # refused meanwhile, retried with backoff
+    assert not publisher.done()
+    async with serving(port=port) as srv:
+        stats = await publisher
+        await wait_until(lambda: "w" not in srv.relay.rooms)
+        assert srv.relay.stats["rooms_created"] == 1
+    assert (
+        stats.connections == 1 and stats.streams == 1 and stats.frames == 8 and stats.streams_restarted == 0
+    )

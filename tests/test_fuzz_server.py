@@ -165,14 +165,13 @@ def test_fuzz_targeted_corruptions_raise_their_specific_error(
             decode_packet(bytes(data), info, max_size=len(data) - 1)
         return
     elif mutation == "out_of_range":
-        if info.codebook_size == 1 << info.bits_per_code:
-            return  # every bit pattern is a valid code
+        if info.codebook_size == 1 << info.bits_per_code:  # every bit pattern is a valid code
+            info = INFOS[2]  # codebook 3000 in 12 bits
         bad = info.codebook_size + value % ((1 << info.bits_per_code) - info.codebook_size)
         data, expect = bytearray(_codes_with(info, n_frames, bad, position)), CodeOutOfRange
     elif mutation == "padding":
-        bits = n_frames * info.codes_per_frame * info.bits_per_code
-        if bits % 8 == 0:
-            return  # no padding bits
+        if n_frames * info.codes_per_frame * info.bits_per_code % 8 == 0:  # no padding bits
+            info, n_frames = INFOS[4], 1  # 12 codes of 7 bits: 4 padding bits
         data = bytearray(_codes_with(info, n_frames, 0, 0))
         data[-1] |= 0x80
         expect = MalformedPacket

@@ -252,7 +252,7 @@ def test_state_storage_does_not_scale_with_chunk_size():
     assert el_s == el_b  # same logical state
     assert st_b <= 2 * st_s + (1 << 20), (
         f"encoder: {st_b / 1e6:.1f} MB of storage held after one {x.shape[-1]}-sample push for a state of "
-        f"{by_b / 1e6:.2f} MB ({st_s / 1e6:.1f} MB when pushed frame by frame)"
+        f"{by_b / 1e6:.2f} MB ({st_s / 1e6:.1f} MB for {by_s / 1e6:.2f} MB when pushed frame by frame)"
     )
 
     s0 = model.vq_strides[0]
@@ -265,5 +265,5 @@ def test_state_storage_does_not_scale_with_chunk_size():
     assert el_s == el_b
     assert st_b <= 2 * st_s + (1 << 20), (
         f"decoder: {st_b / 1e6:.1f} MB of storage held after one {47 * s0}-tick push for a state of "
-        f"{by_b / 1e6:.2f} MB ({st_s / 1e6:.1f} MB when pushed frame by frame)"
+        f"{by_b / 1e6:.2f} MB ({st_s / 1e6:.1f} MB for {by_s / 1e6:.2f} MB when pushed frame by frame)"
     )

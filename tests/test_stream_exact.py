@@ -39,10 +39,12 @@ from snac_model import random_model
 from snac_stream import StreamingDecoder, StreamingEncoder
 
 F64_AUDIO_TOL = 1e-9
-# float32: measured max |stream - offline| ~1e-6 over random small configs and 4e-7 on the
-# 24 kHz model (see the module's report); 1e-4 leaves two orders of magnitude of margin.
+# float32, measured: max |stream - offline| 8.0e-7 over 375 random small configs, 5.7e-7 (24 kHz)
+# and 8.8e-7 (32 kHz) decoding 4 s; no flipped code in ~9600 (small configs) + ~1000 (24/32 kHz,
+# 4 s) codes -- the nearest-codeword margins are ~1e-4 and up, the latents differ by ~1e-6.
+# The bounds leave two orders of magnitude of margin.
 F32_AUDIO_TOL = 1e-4
-F32_MAX_FLIP_FRACTION = 0.02
+F32_MAX_FLIP_FRACTION = 0.01
 
 seeds = st.integers(0, 2**31 - 1)
 
@@ -64,21 +66,21 @@ def noise_seed(data, batch: int):
 
 
 # ============================================================================ property tests
-@settings(max_examples=examples(40), deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(cfg=small_configs(), data=st.data())
 def test_encoder_exact_random_configs_float64(cfg, data):
     model = build_model(cfg, torch.float64, seed=data.draw(st.integers(0, 1000)))
     batch = data.draw(st.integers(1, 3))
     n = data.draw(st.integers(1, 3 * model.pad_multiple + model.frame_size))
     x = signal(batch, n, torch.float64, seed=data.draw(seeds))
-    sizes = data.draw(sample_chunks(n, model.frame_size))
+    sizes = data.draw(sample_chunks(n, model.frame_size, model.pad_multiple))
 
     offline = model.encode(x)
     streamed = stream_encode(StreamingEncoder(model, batch), x, sizes)
     assert_codes_equal(streamed, offline)
 
 
-@settings(max_examples=examples(40), deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(cfg=small_configs(), data=st.data())
 def test_decoder_exact_random_configs_float64(cfg, data):
     """Random tick chunkings, including partial coarse frames and streams ending inside one."""
@@ -102,7 +104,7 @@ def test_decoder_exact_random_configs_float64(cfg, data):
 _f32_stats = {"codes": 0, "flips": 0, "max_audio_diff": 0.0}
 
 
-@settings(max_examples=examples(15), deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(cfg=small_configs(), data=st.data())
 def test_float32_random_configs(cfg, data):
     """float32: decoder close to offline; encoder codes equal except rare near-ties."""
@@ -111,7 +113,9 @@ def test_float32_random_configs(cfg, data):
     n = data.draw(st.integers(1, 3 * model.pad_multiple))
     x = signal(batch, n, torch.float32, seed=data.draw(seeds))
     offline = model.encode(x)
-    streamed = stream_encode(StreamingEncoder(model, batch), x, data.draw(sample_chunks(n, model.frame_size)))
+    streamed = stream_encode(
+        StreamingEncoder(model, batch), x, data.draw(sample_chunks(n, model.frame_size, model.pad_multiple))
+    )
     for a, b in zip(streamed, offline, strict=True):
         assert a.shape == b.shape
         _f32_stats["codes"] += b.numel()
@@ -210,7 +214,7 @@ def test_published_24khz_float32(published):
     print(f"24 kHz float32 encoder: {flips} of {total} codes differ")
     for a, b in zip(streamed, offline, strict=True):
         assert a.shape == b.shape
-    assert flips <= 0.02 * total
+    assert flips <= max(model.codes_per_frame, F32_MAX_FLIP_FRACTION * total)  # one near-tie cascades
 
     codes = random_codes(model, batch, 4 * 4 + 2, seed=1)
     audio = stream_decode(StreamingDecoder(model, batch, seed=[1, 2]), codes, [1, 0, 3, 5, 4, 2, 3])
@@ -232,7 +236,9 @@ def test_encode_then_stream_decode_matches_forward(published, name):
     n = 2 * model.pad_multiple + model.hop_length // 2 + 1
     x = signal(batch, n, torch.float64, seed=5)
     out, offline_codes = model(x, seed=17)
-    codes = stream_encode(StreamingEncoder(model, batch), x, finish_chunks([3, 0, 1], n, model.frame_size + 3))
+    codes = stream_encode(
+        StreamingEncoder(model, batch), x, finish_chunks([3, 0, 1], n, model.frame_size + 3)
+    )
     assert_codes_equal(codes, offline_codes)
     dec = StreamingDecoder(model, batch, seed=17)
     audio = stream_decode(dec, codes, finish_chunks([1, 2], codes[0].shape[-1] * model.vq_strides[0], 5))

@@ -90,7 +90,7 @@ def test_24khz_flat_order_is_orpheus():
     assert flat == want
 
 
-@settings(max_examples=examples(200), deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     strides=strides_st(),
     start=st.integers(0, 20),
@@ -156,7 +156,9 @@ def test_lm_ids_orpheus_and_wrong_position():
     strides, cb = [4, 2, 1], 4096
     tokens = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
     ids = to_lm_ids(tokens, strides, cb)
-    assert ids.tolist() == [[128266 + k * 4096 + v for k, v in enumerate([5, 6, 7, 8, 9, 10, 11])] + [128266 + 12]]
+    assert ids.tolist() == [
+        [128266 + k * 4096 + v for k, v in enumerate([5, 6, 7, 8, 9, 10, 11])] + [128266 + 12]
+    ]
     assert torch.equal(from_lm_ids(ids, strides, cb), tokens)
     bad = ids.clone()
     bad[0, 3] = ids[0, 4]  # an id of frame position 4 at position 3
@@ -215,7 +217,7 @@ def check_token_stream(model, codes, pieces, seed, lm: bool = False):
         assert (audio - offline).abs().max().item() <= 1e-9
 
 
-@settings(max_examples=examples(20), deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     name=st.sampled_from(["plain", "odd_attn"]),
     batch=st.integers(1, 2),
