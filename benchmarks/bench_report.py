@@ -142,7 +142,7 @@ def render(result: dict, console) -> None:
         if r["name"] == "sliding window":
             a, b = r["covered_samples"]
             fs = m["coarse_frame_samples"]
-            notes.append(f"outputs samples [{a}, {b}): never frame 0 nor the last 2 (of {fs})")
+            notes.append(f"outputs samples [{a}, {b}): never frame 0 nor the last 2 (frames of {fs})")
         ttfa = "-"
         if r["ttfa_ms"] is not None:
             ttfa = f"{r['ttfa_ms']:.0f} ({r['ttfa_wait_ms']:.0f}+{r['ttfa_compute_ms']:.0f})"
@@ -266,6 +266,8 @@ def plot(result: dict, path: str) -> None:
         label = f"total p50 {tot['p50']:.0f} / p95 {tot['p95']:.0f} / p99 {tot['p99']:.0f} ms"
         if left > xmax:
             label += f" (bar clipped at {xmax:.0f})"
+        if e.get("keeps_up_with_real_time") is False:
+            label += ": senders fell behind real time (too little CPU)"
         ax.text(xmax * 0.01, i + 0.4, label, va="center", **small)
     i = len(rows)
     ax.barh(i, e2e_a, color=COMPONENT_COLORS["algorithmic"], height=0.55, alpha=0.5)
@@ -283,11 +285,11 @@ def plot(result: dict, path: str) -> None:
         [f"measured\n{r[0]}" for r in rows] + ["algorithmic\n(lookahead)"],
         fontsize=9,
     )
-    ax.set_ylim(-0.5, len(rows) + 0.75)
+    ax.set_ylim(-0.5, len(rows) + 1.35)
     ax.set_xlim(0, xmax)
     ax.set_xlabel("ms per sample: bars = mean of each part; markers = total p50 |  p95 x  p99 *")
     ax.set_title(f"End-to-end latency over loopback WebSocket ({e1['block_ms']:.0f} ms capture blocks)")
-    ax.legend(loc="upper right", fontsize=8, ncol=3, framealpha=0.95)
+    ax.legend(loc="upper center", fontsize=8, ncol=len(COMPONENTS), framealpha=0.95)
     ax.grid(axis="x", alpha=0.3)
 
     # (b) cost per method ---------------------------------------------------------------

@@ -43,6 +43,11 @@ def check_config(**cfg) -> dict:
     _positive_int("codebook_dim", cfg["codebook_dim"])
     if codebook_size < 2:
         raise ValueError(f"codebook_size must be at least 2, got {codebook_size}")
+    if 1 in decoder_rates:
+        raise ValueError(
+            f"decoder_rates {decoder_rates}: a rate of 1 is not supported (its transposed conv would "
+            "need output_padding 1 >= stride 1); drop the block or use a rate >= 2"
+        )
     bad = [s for s in strides if strides[0] % s]
     if bad:
         raise ValueError(

@@ -67,6 +67,8 @@ class StreamingEncoder:
         self._check_open()
         self.finished = True
         m = self.model
+        if self.samples_in == 0:  # offline encode of nothing is nothing (no padding frame)
+            return [torch.zeros(self.batch_size, 0, dtype=torch.long, device=m.device) for _ in m.vq_strides]
         pad = math.ceil(self.samples_in / m.pad_multiple) * m.pad_multiple - self.samples_in
         like = torch.zeros(self.batch_size, 1, 0, device=m.device, dtype=m.dtype)
         z = self.layers.step(self.state, like.new_zeros(self.batch_size, 1, pad))

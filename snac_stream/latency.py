@@ -162,19 +162,31 @@ def probe_decoder_first_changed(model: SNAC, tick: int, n_frames: int | None = N
     return int(diff[0]) if len(diff) else a.shape[-1]
 
 
+def _float64(model: SNAC) -> SNAC:
+    """Probes run in float64: in float32 the edge taps of a receptive field can round away."""
+    if model.dtype == torch.float64:
+        return model
+    import copy
+
+    return copy.deepcopy(model).double()
+
+
 def probe_encoder_latency(model: SNAC) -> Latency:
-    """Encoder latency from probes over one period of frame phases."""
-    blocks = np.arange(4 * _period_blocks(model), 5 * _period_blocks(model))
-    worst = max(probe_encoder_need(model, int(b)) - int(b) * model.frame_size - 1 for b in blocks)
+    """Encoder latency from probes over one period of frame phases, past the start-up region."""
+    model = _float64(model)
+    period = _period_blocks(model)
+    first = 4 * period + -(-encoder_latency(model).samples // model.frame_size)
+    blocks = range(first, first + period)
+    worst = max(probe_encoder_need(model, b) - b * model.frame_size - 1 for b in blocks)
     return Latency(worst, model.sample_rate)
 
 
 def probe_decoder_latency(model: SNAC) -> Latency:
-    """Decoder latency from probes: ``max_Q (Q + 1) * hop - first_changed(Q) - 1``."""
+    """Decoder latency from probes: ``max_Q (Q + 1) * hop - first_changed(Q) - 1`` over one period
+    of ticks, starting past the start-up region (where outputs clamp to sample 0)."""
+    model = _float64(model)
     period = math.lcm(model.vq_strides[0], model.attn_window_size or 1)
-    start = 4 * period
-    worst = max(
-        (q + 1) * model.decoder_hop - probe_decoder_first_changed(model, q) - 1
-        for q in range(start, start + period)
-    )
+    start = 4 * period + -(-decoder_latency(model).samples // model.decoder_hop)
+    hop = model.decoder_hop
+    worst = max((q + 1) * hop - probe_decoder_first_changed(model, q) - 1 for q in range(start, start + period))
     return Latency(worst, model.sample_rate)

@@ -55,6 +55,9 @@ class TokenDecoder:
             tokens = from_lm_ids(
                 tokens, self.model.vq_strides, self.model.codebook_size, self.lm_offset, start=self.tokens_in
             )
+        elif tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.model.codebook_size):
+            bad = int(tokens.min()) if int(tokens.min()) < 0 else int(tokens.max())
+            raise ValueError(f"token {bad} is outside [0, {self.model.codebook_size}) (codebook_size)")
         pending = torch.cat((self.pending, tokens), dim=1)
         codes, _, used = tokens_to_codes(pending, self.model.vq_strides, self.decoder.ticks)
         audio = self.decoder.push(codes)  # validates ranges; state unchanged if it raises
