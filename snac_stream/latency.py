@@ -188,5 +188,6 @@ def probe_decoder_latency(model: SNAC) -> Latency:
     period = math.lcm(model.vq_strides[0], model.attn_window_size or 1)
     start = 4 * period + -(-decoder_latency(model).samples // model.decoder_hop)
     hop = model.decoder_hop
-    worst = max((q + 1) * hop - probe_decoder_first_changed(model, q) - 1 for q in range(start, start + period))
+    ticks = range(start, start + period)
+    worst = max((q + 1) * hop - probe_decoder_first_changed(model, q) - 1 for q in ticks)
     return Latency(worst, model.sample_rate)
