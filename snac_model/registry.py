@@ -45,20 +45,8 @@ PUBLISHED_CONFIGS: dict[str, dict] = {
         noise=True,
         depthwise=True,
     ),
-    "44khz": dict(
-        sampling_rate=44100,
-        encoder_dim=64,
-        encoder_rates=[2, 3, 8, 8],
-        decoder_dim=1536,
-        decoder_rates=[8, 8, 3, 2],
-        attn_window_size=32,
-        codebook_size=4096,
-        codebook_dim=8,
-        vq_strides=[8, 4, 2, 1],
-        noise=True,
-        depthwise=True,
-    ),
 }
+PUBLISHED_CONFIGS["44khz"] = {**PUBLISHED_CONFIGS["32khz"], "sampling_rate": 44100}
 HUB_IDS = {name: f"hubertsiuzdak/snac_{name}" for name in PUBLISHED_CONFIGS}
 DEFAULT_MODEL = HUB_IDS["24khz"]
 DEFAULT_SEED = 0
