@@ -14,7 +14,7 @@ import torch
 
 from snac_model.attention import LocalMHA
 
-from .streaming import StreamOp, cat_time, empty
+from .streaming import StreamOp, cat_time, compact, empty
 
 
 @dataclass
@@ -34,7 +34,7 @@ class LocalAttention(StreamOp):
     def step(self, state: WindowState, x: torch.Tensor) -> torch.Tensor:
         buf = cat_time(state.buffer, x)
         full = buf.shape[-1] // self.window * self.window
-        state.buffer = buf[..., full:]
+        state.buffer = compact(buf[..., full:])
         if full == 0:
             return empty(x, self.out_channels)
         return self.module.windows(buf[..., :full], self.window)

@@ -12,6 +12,7 @@ used for the latency analysis); :func:`build_fast` gives the time-major fast pat
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -91,34 +92,47 @@ def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
     return torch.nn.functional.conv1d(x, weight, bias)
 
 
-def build_fast(module: nn.Module, gemm_dtype: torch.dtype | None = None) -> StreamOp:
+def build_fast(module: nn.Module, gemm_dtype: torch.dtype | None = None, compile: bool = False) -> StreamOp:
     """The fast path: :func:`build`'s equivalent in time-major operators, wrapped in
     :class:`~snac_stream.fastops.TimeMajor` (same ``[B, C, T]`` interface and results to
     float rounding). ``gemm_dtype=torch.bfloat16`` runs every GEMM in bf16 (opt-in, not
-    exact); elementwise work stays in the model dtype."""
+    exact); elementwise work stays in the model dtype. ``compile=True`` runs the Snake and
+    depthwise-conv chains as ``torch.compile``'d kernels (opt-in; compiles on first use)."""
     with torch.inference_mode():
-        return TimeMajor(_build_tc(module, gemm_dtype))
+        return TimeMajor(_build_tc(module, _Options(gemm_dtype, compile)))
 
 
-def _build_tc(module: nn.Module, dt: torch.dtype | None) -> StreamOp:
+class _Options(NamedTuple):
+    gemm_dtype: torch.dtype | None
+    compile: bool
+
+
+def _snake_params(module: layers.Snake1d) -> tuple[torch.Tensor, torch.Tensor]:
+    alpha = module.alpha.detach()
+    return alpha.reshape(-1).contiguous(), (alpha + 1e-9).reciprocal().reshape(-1).contiguous()
+
+
+def _build_tc(module: nn.Module, opt: _Options) -> StreamOp:
+    dt = opt.gemm_dtype
     if isinstance(module, nn.Sequential):
-        return TCSequential([_build_tc(m, dt) for m in module])
+        return TCSequential([_build_tc(m, opt) for m in module])
     if isinstance(module, layers.Encoder):
-        return _build_tc(module.block, dt)
+        return _build_tc(module.block, opt)
     if isinstance(module, layers.Decoder):
-        return _build_tc(module.model, dt)
+        return _build_tc(module.model, opt)
     if isinstance(module, layers.EncoderBlock | layers.DecoderBlock):
-        return _build_tc(module.block, dt)
+        return _build_tc(module.block, opt)
     if isinstance(module, layers.ResidualUnit):
-        block = _build_tc(module.block, dt)
-        snake1, conv, snake2, linear = block.ops
+        block = _build_tc(module.block, opt)
+        _, conv, _, linear = block.ops
         if isinstance(conv, TCConv) and conv.mode == "depthwise":
-            return TCResidualUnit(snake1, conv, snake2, linear.fn.args[0])
+            snakes = _snake_params(module.block[0]) + _snake_params(module.block[2])
+            return TCResidualUnit(snakes, conv, linear.fn.args[0], opt.compile)
         return TCResidual(block)
     if isinstance(module, layers.Snake1d):
-        alpha = module.alpha.detach()
-        a, inv = alpha.reshape(-1).contiguous(), (alpha + 1e-9).reciprocal().reshape(-1).contiguous()
-        return TCPointwise(functools.partial(kernels.snake, alpha=a, inv_alpha=inv), a.shape[0])
+        a, inv = _snake_params(module)
+        fn = kernels.compiled().snake if opt.compile else kernels.snake
+        return TCPointwise(functools.partial(fn, alpha=a, inv_alpha=inv), a.shape[0])
     if isinstance(module, nn.Tanh):
         return TCPointwise(torch.tanh, 1)
     if isinstance(module, layers.NoiseBlock):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .streaming import StreamOp, cat_time, empty
+from .streaming import StreamOp, cat_time, compact, empty
 
 
 @dataclass
@@ -62,12 +62,12 @@ class Conv1d(StreamOp):
     def _run(self, state: ConvState, buf: torch.Tensor) -> torch.Tensor:
         n = buf.shape[-1]
         if n < self.span:
-            state.buffer = buf
+            state.buffer = compact(buf)
             return empty(buf, self.out_channels)
         n_out = (n - self.span) // self.stride + 1
         used = buf[..., : (n_out - 1) * self.stride + self.span]
         y = F.conv1d(used, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        state.buffer = buf[..., n_out * self.stride :]
+        state.buffer = compact(buf[..., n_out * self.stride :])
         return y
 
     def step(self, state: ConvState, x: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,9 @@ import torch
 from snac_model import SNAC, NoiseSource
 from snac_model.validation import check_codes
 
-from .build import build, walk
+from .build import build, build_fast, walk
 from .encoder import StreamFinished
+from .kernels import intra_op_threads
 from .noise import Noise
 from .quantizer import TickEmbedder
 from .streaming import empty
@@ -28,18 +29,35 @@ class StreamingDecoder:
     ``seed`` (an int, or one per batch item) keys the decoder noise by absolute sample
     position, so the result equals ``model.decode(codes, seed=seed)`` whatever the chunking;
     ``None`` draws fresh noise like the reference.
+
+    Performance options (keyword-only), as for :class:`~snac_stream.encoder.StreamingEncoder`:
+    ``fast`` (default True), ``threads`` (default 1), opt-in ``compile`` and
+    ``gemm_dtype=torch.bfloat16`` (not exact: audio deviates slightly).
     """
 
-    def __init__(self, model: SNAC, batch_size: int = 1, seed: int | Sequence[int] | None = None):
+    def __init__(
+        self,
+        model: SNAC,
+        batch_size: int = 1,
+        seed: int | Sequence[int] | None = None,
+        *,
+        fast: bool = True,
+        compile: bool = False,
+        gemm_dtype: torch.dtype | None = None,
+        threads: int | None = 1,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not fast and (compile or gemm_dtype is not None):
+            raise ValueError("compile and gemm_dtype need the fast path (fast=True)")
         self.model = model
         self.batch_size = batch_size
         self.seed = seed
+        self.threads = threads
         if seed is not None:
             NoiseSource(seed, batch_size)  # validates the seed count now, not at first push
         with torch.inference_mode():
-            self.layers = build(model.decoder)
+            self.layers = build_fast(model.decoder, gemm_dtype, compile) if fast else build(model.decoder)
         self.embedder = TickEmbedder(model.quantizer)
         self.reset()
 
@@ -70,8 +88,9 @@ class StreamingDecoder:
         codes, t1 = check_codes(codes, self.model, self.batch_size, start_tick=self.ticks)
         if t1 == self.ticks:
             return empty(self._like(), 1)
-        z_q = self.embedder.step(self.tick_state, codes, t1)
-        audio = self.layers.step(self.state, z_q)
+        with intra_op_threads(self.threads):
+            z_q = self.embedder.step(self.tick_state, codes, t1)
+            audio = self.layers.step(self.state, z_q)
         self.samples_out += audio.shape[-1]
         return audio
 
@@ -80,7 +99,8 @@ class StreamingDecoder:
         if self.finished:
             raise StreamFinished("this stream was flushed; call reset() to start a new one")
         self.finished = True
-        audio = self.layers.flush(self.state, self._like())
+        with intra_op_threads(self.threads):
+            audio = self.layers.flush(self.state, self._like())
         self.samples_out += audio.shape[-1]
         return audio
 

@@ -15,7 +15,8 @@ import torch
 from snac_model import SNAC
 from snac_model.validation import check_audio
 
-from .build import build
+from .build import build, build_fast
+from .kernels import intra_op_threads
 from .quantizer import BlockQuantizer
 from .streaming import cat_time
 
@@ -30,15 +31,35 @@ def _join_codes(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.Tens
 
 class StreamingEncoder:
     """``push(audio [B, 1, n])`` -> newly final codes per level ``[B, k_i]`` (``k_0`` coarse
-    frames, ``k_i = k_0 * stride_0 / stride_i``)."""
+    frames, ``k_i = k_0 * stride_0 / stride_i``).
 
-    def __init__(self, model: SNAC, batch_size: int = 1):
+    Performance options (keyword-only): ``fast`` (default) runs the time-major fast path of
+    :func:`~snac_stream.build.build_fast` (same codes; ``fast=False``: the reference
+    operators); ``threads`` intra-op threads while a push runs (default 1, restored after;
+    ``None`` leaves torch's setting); opt-in ``compile=True`` (``torch.compile``'d Snake and
+    depthwise kernels, compiled on first use) and ``gemm_dtype=torch.bfloat16`` (bf16
+    GEMMs: faster, NOT exact, codes may differ).
+    """
+
+    def __init__(
+        self,
+        model: SNAC,
+        batch_size: int = 1,
+        *,
+        fast: bool = True,
+        compile: bool = False,
+        gemm_dtype: torch.dtype | None = None,
+        threads: int | None = 1,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not fast and (compile or gemm_dtype is not None):
+            raise ValueError("compile and gemm_dtype need the fast path (fast=True)")
         self.model = model
         self.batch_size = batch_size
+        self.threads = threads
         with torch.inference_mode():
-            self.layers = build(model.encoder)
+            self.layers = build_fast(model.encoder, gemm_dtype, compile) if fast else build(model.encoder)
         self.quantizer = BlockQuantizer(model.quantizer)
         self.reset()
 
@@ -59,7 +80,8 @@ class StreamingEncoder:
         self._check_open()
         audio = check_audio(audio, self.model, self.batch_size)
         self.samples_in += audio.shape[-1]
-        return self.quantizer.step(self.block_state, self.layers.step(self.state, audio))
+        with intra_op_threads(self.threads):
+            return self.quantizer.step(self.block_state, self.layers.step(self.state, audio))
 
     @torch.inference_mode()
     def flush(self) -> list[torch.Tensor]:
@@ -71,9 +93,10 @@ class StreamingEncoder:
             return [torch.zeros(self.batch_size, 0, dtype=torch.long, device=m.device) for _ in m.vq_strides]
         pad = math.ceil(self.samples_in / m.pad_multiple) * m.pad_multiple - self.samples_in
         like = torch.zeros(self.batch_size, 1, 0, device=m.device, dtype=m.dtype)
-        z = self.layers.step(self.state, like.new_zeros(self.batch_size, 1, pad))
-        z = cat_time(z, self.layers.flush(self.state, like))
-        codes = self.quantizer.step(self.block_state, z)
+        with intra_op_threads(self.threads):
+            z = self.layers.step(self.state, like.new_zeros(self.batch_size, 1, pad))
+            z = cat_time(z, self.layers.flush(self.state, like))
+            codes = self.quantizer.step(self.block_state, z)
         if self.block_state.buffer.shape[-1]:
             raise AssertionError("encoder flush left a partial coarse block")
         return codes

@@ -23,10 +23,18 @@ import torch.nn.functional as F
 
 from . import kernels
 from .attention import LocalAttention, WindowState
-from .conv import Conv1d, ConvState, ConvTranspose1d, ConvTransposeState
+from .conv import Conv1d, ConvState, ConvTranspose1d
 from .kernels import Linear
 from .noise import Noise, NoiseState
-from .streaming import Pointwise, Residual, ResidualState, Sequential, SequentialState, StreamOp
+from .streaming import (
+    Pointwise,
+    Residual,
+    ResidualState,
+    Sequential,
+    SequentialState,
+    StreamOp,
+    compact,
+)
 
 
 def empty_rows(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -82,7 +90,7 @@ class TCResidual(Residual):
     def _join(self, state: ResidualState, y: torch.Tensor) -> torch.Tensor:
         n = y.shape[1]
         out = torch.add(state.skip[:, :n], y)
-        state.skip = state.skip[:, n:]
+        state.skip = compact(state.skip[:, n:])
         return out
 
     def step(self, state: ResidualState, x: torch.Tensor) -> torch.Tensor:
@@ -108,13 +116,17 @@ class TCResidualUnit(StreamOp):
     The first Snake writes straight behind the conv's history in one buffer (no concat of
     its output), the 1x1 conv is one GEMM with the bias fused, and the skip path is added
     from the delay line and the input in place (no concat). Same results as
-    ``TCResidual(TCSequential([snake1, conv, snake2, linear]))``.
+    ``TCResidual(TCSequential([snake1, conv, snake2, linear]))``. ``snakes`` holds
+    ``(alpha1, inv_alpha1, alpha2, inv_alpha2)``, each ``[C]``. With ``compiled``, the
+    Snake + concat and the depthwise conv + Snake run as ``torch.compile``'d fused kernels
+    (:func:`snac_stream.kernels.compiled`).
     """
 
-    def __init__(self, snake1: TCPointwise, conv: TCConv, snake2: TCPointwise, linear: Linear):
+    def __init__(self, snakes: tuple, conv: TCConv, linear: Linear, compiled: bool = False):
         if conv.mode != "depthwise":
             raise ValueError("TCResidualUnit needs a depthwise conv")
-        self.snake1, self.conv, self.snake2, self.linear = snake1.fn, conv, snake2.fn, linear
+        self.snakes, self.conv, self.linear = snakes, conv, linear
+        self.fused = kernels.compiled() if compiled else None
         self.out_channels = conv.out_channels
 
     def init_state(self, batch, device, dtype):
@@ -127,29 +139,36 @@ class TCResidualUnit(StreamOp):
         conv = self.conv
         m = u.shape[1] - conv.span + 1
         if m <= 0:
-            state.hist, state.skip = u, cat_rows(state.skip, x)
+            state.hist, state.skip = compact(u), compact(cat_rows(state.skip, x))
             return empty_rows(u, self.out_channels)
-        y = kernels.depthwise(u, conv.taps, conv.bias, conv.dilation, m)
-        z = _linear(self.linear, self.snake2(y))
-        state.hist = u[:, m:]
+        a2, inv2 = self.snakes[2:]
+        if self.fused is not None:
+            y = self.fused.dw_snake(u, conv.taps, conv.bias, a2, inv2, conv.dilation, m)
+        else:
+            y = kernels.snake(kernels.depthwise(u, conv.taps, conv.bias, conv.dilation, m), a2, inv2)
+        z = _linear(self.linear, y)
+        state.hist = compact(u[:, m:])
         skip, r = state.skip, state.skip.shape[1]
         if m <= r:
             z += skip[:, :m]
-            state.skip = cat_rows(skip[:, m:], x)
+            state.skip = compact(cat_rows(skip[:, m:], x))
         else:
             z[:, :r] += skip
             z[:, r:] += x[:, : m - r]
-            state.skip = x[:, m - r :]
+            state.skip = compact(x[:, m - r :])
         return z
 
     def step(self, state: UnitState, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         if T == 0:
             return empty_rows(x, C)
+        a1, inv1 = self.snakes[:2]
+        if self.fused is not None:
+            return self._finish(state, self.fused.cat_snake(state.hist, x, a1, inv1), x)
         h = state.hist.shape[1]
         u = torch.empty(B, h + T, C, dtype=x.dtype, device=x.device)
         u[:, :h] = state.hist
-        self.snake1(x, out=u[:, h:])
+        kernels.snake(x, a1, inv1, out=u[:, h:])
         return self._finish(state, u, x)
 
     def flush(self, state: UnitState, like: torch.Tensor) -> torch.Tensor:
@@ -217,11 +236,11 @@ class TCConv(Conv1d):
     def _run(self, state: ConvState, buf: torch.Tensor) -> torch.Tensor:
         n = buf.shape[1]
         if n < self.span:
-            state.buffer = buf
+            state.buffer = compact(buf)
             return empty_rows(buf, self.out_channels)
         n_out = (n - self.span) // self.stride + 1
         y = self._apply(buf, n_out)
-        state.buffer = buf[:, n_out * self.stride :]
+        state.buffer = compact(buf[:, n_out * self.stride :])
         return y
 
     def step(self, state: ConvState, x: torch.Tensor) -> torch.Tensor:
@@ -235,6 +254,13 @@ class TCConv(Conv1d):
         return y
 
 
+@dataclass
+class TCConvTransposeState:
+    carry: torch.Tensor  # [B, s*C_out]: second half of the last frame's rows (not final yet)
+    crop: int  # rows still to drop at the start of the stream (the offline left crop)
+    started: bool = False  # whether any frame has arrived
+
+
 class TCConvTranspose(ConvTranspose1d):
     """Transposed conv (kernel ``2s``) on ``[B, J, C_in]``: one GEMM gives each frame's ``2s``
     output rows as two contiguous halves; ``out[j] = first[j] + second[j-1]``. The bias is
@@ -243,7 +269,9 @@ class TCConvTranspose(ConvTranspose1d):
     def __init__(self, weight, bias, stride, padding, dtype=None):
         c_in, c_out, k = weight.shape
         if k != 2 * stride:
-            raise ValueError(f"streamed transposed conv needs kernel 2*stride, got kernel {k}, stride {stride}")
+            raise ValueError(
+                f"streamed transposed conv needs kernel 2*stride, got kernel {k}, stride {stride}"
+            )
         self.stride, self.padding = stride, padding
         self.in_channels, self.out_channels = c_in, c_out
         matrix = weight.permute(2, 1, 0).reshape(k * c_out, c_in)  # row p*C_out + c: output position p
@@ -256,9 +284,9 @@ class TCConvTranspose(ConvTranspose1d):
 
     def init_state(self, batch, device, dtype):
         carry = torch.zeros(batch, self.stride * self.out_channels, device=device, dtype=dtype)
-        return ConvTransposeState(carry)
+        return TCConvTransposeState(carry, self.padding)
 
-    def step(self, state: ConvTransposeState, x: torch.Tensor) -> torch.Tensor:
+    def step(self, state: TCConvTransposeState, x: torch.Tensor) -> torch.Tensor:
         B, J, _ = x.shape
         if J == 0:
             return empty_rows(x, self.out_channels)
@@ -268,18 +296,40 @@ class TCConvTranspose(ConvTranspose1d):
         torch.add(frames[:, 0, 0], state.carry, out=y[:, 0])
         if J > 1:
             torch.add(frames[:, 1:, 0], frames[:, :-1, 1], out=y[:, 1:])
-        state.carry = frames[:, -1, 1]
-        crop = max(self.padding - state.frames * s, 0)
-        state.frames += J
+        state.carry = compact(frames[:, -1, 1])
+        crop, state.crop = min(state.crop, J * s), max(state.crop - J * s, 0)
+        state.started = True
         y = y.view(B, J * s, c)
         return y[:, crop:] if crop else y
 
-    def flush(self, state: ConvTransposeState, like: torch.Tensor) -> torch.Tensor:
-        if state.frames == 0:
+    def flush(self, state: TCConvTransposeState, like: torch.Tensor) -> torch.Tensor:
+        if not state.started:
             return empty_rows(like, self.out_channels)
         tail = state.carry.reshape(like.shape[0], self.stride, self.out_channels)[:, : self.padding]
         state.carry = state.carry[:, :0]
         return tail + self.bias if self.bias is not None else tail.clone()
+
+
+@dataclass
+class StackedNoiseState:
+    """Noise state of a batch stacked from independent streams (:mod:`snac_stream.multistream`):
+    each item keeps its own source and absolute position."""
+
+    items: list[NoiseState]
+
+
+def draw_noise(state: NoiseState | StackedNoiseState, index: int, batch: int, T: int, like: torch.Tensor):
+    """Noise ``[B, T, 1]`` for the next ``T`` samples of NoiseBlock ``index``; advances the position(s)."""
+    if isinstance(state, StackedNoiseState):
+        return torch.cat([draw_noise(item, index, 1, T, like) for item in state.items])
+    if state.source is None:
+        n = torch.randn((batch, T, 1), device=like.device, dtype=like.dtype)
+    else:
+        n = state.source.draw(index, state.position, T, dtype=like.dtype, device=like.device).view(
+            batch, T, 1
+        )
+    state.position += T
+    return n
 
 
 class TCNoise(Noise):
@@ -289,15 +339,11 @@ class TCNoise(Noise):
         super().__init__(weight, index)
         self.linear = Linear(_cast(weight[:, :, 0], dtype), None)
 
-    def step(self, state: NoiseState, x: torch.Tensor) -> torch.Tensor:
+    def step(self, state: NoiseState | StackedNoiseState, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         if T == 0:
             return empty_rows(x, self.out_channels)
-        if state.source is None:
-            n = torch.randn((B, T, 1), device=x.device, dtype=x.dtype)
-        else:
-            n = state.source.draw(self.index, state.position, T, dtype=x.dtype, device=x.device).view(B, T, 1)
-        state.position += T
+        n = draw_noise(state, self.index, B, T, x)
         h = _linear(self.linear, x)
         return torch.addcmul(x, n, h, out=h)
 
@@ -315,7 +361,7 @@ class TCAttention(LocalAttention):
     def step(self, state: WindowState, x: torch.Tensor) -> torch.Tensor:
         buf = cat_rows(state.buffer, x)
         full = buf.shape[1] // self.window * self.window
-        state.buffer = buf[:, full:]
+        state.buffer = compact(buf[:, full:])
         return self._attend(buf[:, :full], self.window) if full else empty_rows(x, self.out_channels)
 
     def flush(self, state: WindowState, like: torch.Tensor) -> torch.Tensor:
@@ -367,6 +413,9 @@ __all__ = [
     "TCConv",
     "TCConvTranspose",
     "TCNoise",
+    "StackedNoiseState",
+    "TCConvTransposeState",
+    "UnitState",
     "TCAttention",
     "TimeMajor",
     "cat_rows",

@@ -18,9 +18,11 @@ Measured on the 2-core AMD EPYC (AVX-512) machine of this project, one thread, f
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -65,6 +67,52 @@ def depthwise(buf: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return y
 
 
+def dw_snake_reference(
+    u: torch.Tensor,
+    taps: torch.Tensor,
+    bias: torch.Tensor | None,
+    alpha: torch.Tensor,
+    inv_alpha: torch.Tensor,
+    dilation: int,
+    n_out: int,
+) -> torch.Tensor:
+    """Snake of a depthwise conv as plain formulas (what ``torch.compile`` fuses into one loop)."""
+    y = u[:, 0:n_out] * taps[0]
+    if bias is not None:
+        y = y + bias
+    for i in range(1, taps.shape[0]):
+        y = y + u[:, i * dilation : i * dilation + n_out] * taps[i]
+    return y + inv_alpha * torch.sin(alpha * y).pow(2)
+
+
+def cat_snake_reference(
+    hist: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, inv_alpha: torch.Tensor
+) -> torch.Tensor:
+    """``cat(hist, snake(x))`` along time, as plain formulas."""
+    return torch.cat((hist, x + inv_alpha * torch.sin(alpha * x).pow(2)), dim=1)
+
+
+def snake_formula(x: torch.Tensor, alpha: torch.Tensor, inv_alpha: torch.Tensor) -> torch.Tensor:
+    return x + inv_alpha * torch.sin(alpha * x).pow(2)
+
+
+class CompiledKernels:
+    """``torch.compile``'d (inductor, dynamic shapes) fused kernels: one loop each instead of
+    several passes, with SLEEF's vectorised sine. Compiling costs tens of seconds on first
+    use, so this is opt-in (``compile=True``), never a start-up cost."""
+
+    def __init__(self):
+        self.snake = torch.compile(snake_formula, dynamic=True)
+        self.dw_snake = torch.compile(dw_snake_reference, dynamic=True)
+        self.cat_snake = torch.compile(cat_snake_reference, dynamic=True)
+
+
+@functools.cache
+def compiled() -> CompiledKernels:
+    """The process-wide compiled kernels (compiled lazily, on their first call)."""
+    return CompiledKernels()
+
+
 @functools.cache
 def _onednn_linear() -> bool:
     """Whether oneDNN's packed linear is available and correct on this build (probed once)."""
@@ -103,6 +151,23 @@ class Linear:
         return F.linear(x, self.weight, self.bias)
 
 
+@contextlib.contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, restoring the setting after (``None``:
+    leave it). Streaming steps default to 1: on this 2-core machine a second OpenMP thread
+    helps only while the other core is idle, and when it is busy every parallel region
+    waits for a descheduled worker (per-hop times 5-10x worse, measured)."""
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def tune_allocator() -> bool:
     """Stop glibc from returning freed memory to the OS on every call (``M_MMAP_MAX=0``,
     ``M_TRIM_THRESHOLD=2 GiB``, the most ``mallopt`` takes), the run-time equivalent of
@@ -121,4 +186,15 @@ def tune_allocator() -> bool:
         return False
 
 
-__all__ = ["snake", "snake_reference", "depthwise", "Linear", "tune_allocator", "PACK_MIN_WEIGHTS"]
+__all__ = [
+    "snake",
+    "snake_reference",
+    "depthwise",
+    "dw_snake_reference",
+    "cat_snake_reference",
+    "compiled",
+    "Linear",
+    "tune_allocator",
+    "intra_op_threads",
+    "PACK_MIN_WEIGHTS",
+]

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from snac_model.vq import ResidualVectorQuantize
 
-from .streaming import cat_time
+from .streaming import cat_time, compact
 
 
 @dataclass
@@ -45,7 +46,7 @@ class BlockQuantizer:
     def step(self, state: BlockState, z: torch.Tensor) -> list[torch.Tensor]:
         buf = cat_time(state.buffer, z)
         full = buf.shape[-1] // self.block * self.block
-        state.buffer = buf[..., full:]
+        state.buffer = compact(buf[..., full:])
         if full == 0:
             return [torch.zeros(buf.shape[0], 0, dtype=torch.long, device=buf.device) for _ in self.strides]
         _, codes = self.quantizer(buf[..., :full])
@@ -70,6 +71,17 @@ class TickEmbedder:
     def __init__(self, quantizer: ResidualVectorQuantize):
         self.quantizer = quantizer
         self.strides = [q.stride for q in quantizer.quantizers]
+        with torch.inference_mode():  # weight norm folded once: (codebook [N, d], W [D, d, 1], bias [D])
+            self.tables = [
+                (q.codebook.weight.detach(), q.out_proj.weight.detach(), _detach(q.out_proj.bias))
+                for q in quantizer.quantizers
+            ]
+
+    def embed(self, level: int, codes: torch.Tensor) -> torch.Tensor:
+        """``codes [B, k]`` -> ``[B, D, k]``: the model's ``quantizers[level].embed`` with the
+        out-projection's weight norm folded (same ops, same values)."""
+        codebook, weight, bias = self.tables[level]
+        return F.conv1d(F.embedding(codes, codebook).transpose(1, 2), weight, bias)
 
     def init_state(self) -> TickState:
         return TickState(0, [None] * len(self.strides))
@@ -77,12 +89,16 @@ class TickEmbedder:
     def step(self, state: TickState, codes: list[torch.Tensor], t1: int) -> torch.Tensor:
         t0 = state.tick
         z_q = 0.0
-        for i, (q, s, c) in enumerate(zip(self.quantizer.quantizers, self.strides, codes, strict=True)):
+        for i, (s, c) in enumerate(zip(self.strides, codes, strict=True)):
             parts = [state.last[i]] if t0 % s else []  # the first tick continues an earlier token
             if c.shape[-1]:
-                parts.append(q.embed(c))  # [B, D, k]: tokens ceil(t0/s) .. ceil(t1/s)-1
+                parts.append(self.embed(i, c))  # [B, D, k]: tokens ceil(t0/s) .. ceil(t1/s)-1
             emb = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
-            state.last[i] = emb[..., -1:]
+            state.last[i] = compact(emb[..., -1:])
             z_q = z_q + emb.repeat_interleave(s, dim=-1)[..., t0 % s : t0 % s + (t1 - t0)]
         state.tick = t1
         return z_q
+
+
+def _detach(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach()

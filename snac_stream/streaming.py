@@ -25,6 +25,13 @@ def empty(x: torch.Tensor, channels: int) -> torch.Tensor:
     return x.new_zeros(x.shape[0], channels, 0)
 
 
+def compact(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it when it is a small view of a larger buffer: state kept between
+    pushes must not hold a chunk-sized intermediate alive (memory would grow with the chunk)."""
+    own = t.numel() * t.element_size()
+    return t.clone() if t.untyped_storage().nbytes() > 2 * own + 4096 else t
+
+
 def cat_time(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Concatenate along time, skipping the copy when one side is empty."""
     if a.shape[-1] == 0:
@@ -132,7 +139,7 @@ class Residual(StreamOp):
     def _join(self, state: ResidualState, y: torch.Tensor) -> torch.Tensor:
         n = y.shape[-1]
         out = state.skip[..., :n] + y
-        state.skip = state.skip[..., n:]
+        state.skip = compact(state.skip[..., n:])
         return out
 
     def step(self, state: ResidualState, x: torch.Tensor) -> torch.Tensor:
