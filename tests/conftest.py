@@ -17,7 +17,9 @@ offered as fixtures of the same name.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import functools
 import math
 import os
 
@@ -184,3 +186,13 @@ def make_pair_fixture():
 @pytest.fixture(name="make_audio")
 def make_audio_fixture():
     return make_audio
+
+
+def run_async(fn):
+    """Run an async test in a fresh event loop (no pytest-asyncio needed), 60 s at most."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60))
+
+    return wrapper

@@ -13,6 +13,7 @@ import functools
 import numpy as np
 import pytest
 import torch
+from conftest import run_async
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -33,16 +34,6 @@ from snac_stream.packets import (
 from snac_stream.server import Server, ServerConfig
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def run_async(fn):
-    """Run an async test in a fresh event loop (no pytest-asyncio needed), 60 s at most."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60))
-
-    return wrapper
 
 
 @functools.cache

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_async
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -37,17 +37,6 @@ from snac_stream.packets import (
     stream_packets,
 )
 from snac_stream.server import Server, ServerConfig
-
-
-def run_async(fn):
-    """Run an async test in a fresh event loop (no pytest-asyncio needed), 60 s at most."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60))
-
-    return wrapper
-
 
 INFO = ModelInfo(24000, 512, (4, 2, 1), 4096, b"fingerpr")
 ROOT = Path(__file__).resolve().parents[1]
