@@ -220,6 +220,15 @@ class ModelEndpoints:
     ) -> None:
         server = self.server
         session = await server.run_in_executor(self.encode_session, self.model)
+        try:
+            await self._encode_stream(connection, session, dtype, stream_id, bucket)
+        finally:
+            _close(session)
+
+    async def _encode_stream(
+        self, connection: ServerConnection, session, dtype: np.dtype, stream_id: int, bucket: TokenBucket
+    ) -> None:
+        server = self.server
         await connection.send(encode_packet(Hello(self.info, stream_id)))
         seq = frames = samples = 0
         while True:
@@ -311,6 +320,7 @@ class ModelEndpoints:
                     await self._send_pcm(connection, await server.run_in_executor(receiver.close))
                     break
         finally:
+            _close(receiver.session)
             s = receiver.stats
             server.counters["decode_frames_concealed"] += s.frames_lost
             server.counters["decode_packets_late"] += s.packets_late
@@ -322,6 +332,26 @@ class ModelEndpoints:
             await connection.send(data[start : start + self.pcm_chunk].tobytes())
 
 
+def _close(session) -> None:
+    """Release a session's stream in a shared engine (batched sessions); a no-op otherwise."""
+    close = getattr(session, "close", None)
+    if close is not None:
+        close()
+
+
+def batched_sessions(model, max_streams: int = 64) -> tuple[Callable, Callable]:
+    """Session factories on shared multi-stream engines: concurrent connections in the same
+    phase run as one batch (see :mod:`snac_stream.batcher`)."""
+    from .batcher import BatchedDecodeSession, BatchedEncodeSession, StepBatcher
+    from .multistream import MultiStreamDecoder, MultiStreamEncoder
+
+    encoder = StepBatcher(MultiStreamEncoder(model, max_streams))
+    decoder = StepBatcher(MultiStreamDecoder(model, max_streams))
+    return (lambda _model: BatchedEncodeSession(encoder)), (
+        lambda _model, seed: BatchedDecodeSession(decoder, seed)
+    )
+
+
 def add_model_endpoints(
     server,
     model,
@@ -329,8 +359,8 @@ def add_model_endpoints(
     seed: int | None = 0,
     encode_path: str = "/encode",
     decode_path: str = "/decode",
-    encode_session: Callable[[Any], EncodeSession] = EncodeSession,
-    decode_session: Callable[..., DecodeSession] = DecodeSession,
+    encode_session: Callable[[Any], EncodeSession] | None = None,
+    decode_session: Callable[..., DecodeSession] | None = None,
 ) -> ModelEndpoints:
     """Serve ``/encode`` and ``/decode`` for ``model`` (eval mode) on ``server``.
 
@@ -339,7 +369,12 @@ def add_model_endpoints(
     ``decode_session(model, seed)`` make the per-connection model sessions. Limits come
     from ``server.config`` (``max_model_sessions``, ``model_rate``, ``model_burst``, ...).
     Returns the :class:`ModelEndpoints` (its ``active`` counts running sessions).
+    By default the sessions share batched multi-stream engines (:func:`batched_sessions`).
     """
+    if encode_session is None or decode_session is None:
+        batched_encode, batched_decode = batched_sessions(model, server.config.max_model_sessions)
+        encode_session = encode_session or batched_encode
+        decode_session = decode_session or batched_decode
     endpoints = ModelEndpoints(
         server, model, seed=seed, encode_session=encode_session, decode_session=decode_session
     )

@@ -1,0 +1,378 @@
+"""Fast-path benchmark: our streaming engine against the reference ``snac`` package, one run.
+
+``python -m benchmarks.fastpath [--quick] [--json FILE] [--compile]`` reports, on the
+published 24 and 32 kHz architectures with seeded random weights (the reference
+``snac.SNAC`` gets the same state dict):
+
+1. real-time factor (compute s / audio s) of our streaming encode and decode at a hop of
+   one coarse frame against the reference's offline encode / decode of the same audio
+   (reference timed with 1 and 2 torch threads, the faster counts);
+2. per-hop decode compute, p50/p99 (24 kHz, one coarse frame = 85.3 ms of audio), with
+   the other core idle and with it busy (a spinning process), 1 and 2 intra-op threads;
+3. concurrent real-time 24 kHz streams one process sustains (mean step time <= one hop),
+   decode and full duplex (encode + decode), batched (:mod:`snac_stream.multistream`)
+   and one by one; throughput of 8 batched streams against stepping them one by one;
+4. opt-ins: bf16 GEMMs (speed, deviation, code agreement), ``torch.compile`` (``--compile``),
+   and the reference stream operators (``fast=False``) as the before-picture.
+
+Every timing covers all work of a step (validation, embedding, noise, layers). The
+allocator setting (``mallopt`` at start unless ``--malloc default``; ``MALLOC_*`` variables
+honoured) holds for ours and the reference alike: same process, same environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import snac_model
+from snac_stream import StreamingDecoder, StreamingEncoder, kernels
+from snac_stream.multistream import MultiStreamDecoder, MultiStreamEncoder
+
+
+# ---------------------------------------------------------------- helpers
+def _spin() -> None:
+    while True:
+        pass
+
+
+class BusyCore:
+    """Context manager: one process spinning on a core for the duration."""
+
+    def __enter__(self):
+        self.proc = multiprocessing.get_context("fork").Process(target=_spin, daemon=True)
+        self.proc.start()
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.join()
+
+
+def signal(sample_rate: int, seconds: float, seed: int = 0) -> torch.Tensor:
+    """``[1, 1, n]`` float32: a few partials and a little noise."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(sample_rate * seconds), dtype=torch.float64) / sample_rate
+    x = sum(0.2 / (k + 1) * torch.sin(2 * torch.pi * (220 * (k + 1) + 30 * k * t) * t) for k in range(4))
+    x = x + 0.02 * torch.randn(t.shape, generator=gen, dtype=torch.float64)
+    return x.float().view(1, 1, -1)
+
+
+def frames_of(model, codes: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Codes split into coarse frames (one hop each)."""
+    s0 = model.vq_strides[0]
+    per = [s0 // s for s in model.vq_strides]
+    return [
+        [c[:, j * p : (j + 1) * p] for c, p in zip(codes, per, strict=True)] for j in range(codes[0].shape[1])
+    ]
+
+
+def timed(fn: Callable[[], object], repeats: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def pct(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
+
+
+def reference_model(name: str, ours):
+    import snac
+
+    ref = snac.SNAC(**snac_model.PUBLISHED_CONFIGS[name]).eval()
+    ref.load_state_dict(ours.state_dict())
+    return ref
+
+
+# ---------------------------------------------------------------- 1. real-time factors
+def rtf_section(name: str, seconds: float, threads: int, repeats: int, before: bool) -> dict:
+    model = snac_model.random_model(name)
+    ref = reference_model(name, model)
+    audio = signal(model.sample_rate, seconds)
+    codes = model.encode(audio)
+    audio_s = audio.shape[-1] / model.sample_rate
+    hop = model.frame_size
+    frames = frames_of(model, codes)
+    out: dict = {"audio_s": audio_s}
+
+    def ours_encode(**kw):
+        enc = StreamingEncoder(model, threads=threads, **kw)
+        for i in range(0, audio.shape[-1], hop):
+            enc.push(audio[..., i : i + hop])
+        enc.flush()
+
+    def ours_decode(**kw):
+        dec = StreamingDecoder(model, seed=0, threads=threads, **kw)
+        for f in frames:
+            dec.push(f)
+        dec.flush()
+
+    ours_encode(), ours_decode()  # warm-up (first-call costs)
+    out["ours_encode_rtf"] = timed(ours_encode, repeats) / audio_s
+    out["ours_decode_rtf"] = timed(ours_decode, repeats) / audio_s
+    if before:
+        out["reference_ops_encode_rtf"] = timed(lambda: ours_encode(fast=False), 1) / audio_s
+        out["reference_ops_decode_rtf"] = timed(lambda: ours_decode(fast=False), 1) / audio_s
+    with torch.inference_mode():
+        ref.decode([c[:, :2] for c in codes])  # warm-up
+        for n in (1, 2):
+            with kernels.intra_op_threads(n):
+                out[f"ref_encode_rtf_{n}t"] = timed(lambda: ref.encode(audio), repeats) / audio_s
+                out[f"ref_decode_rtf_{n}t"] = timed(lambda: ref.decode(codes), repeats) / audio_s
+    out["ref_encode_rtf"] = min(out["ref_encode_rtf_1t"], out["ref_encode_rtf_2t"])
+    out["ref_decode_rtf"] = min(out["ref_decode_rtf_1t"], out["ref_decode_rtf_2t"])
+    ours = out["ours_encode_rtf"] + out["ours_decode_rtf"]
+    out["speedup_encode"] = out["ref_encode_rtf"] / out["ours_encode_rtf"]
+    out["speedup_decode"] = out["ref_decode_rtf"] / out["ours_decode_rtf"]
+    out["speedup_encode_decode"] = (out["ref_encode_rtf"] + out["ref_decode_rtf"]) / ours
+    return out
+
+
+# ---------------------------------------------------------------- 2. per-hop latency
+def hop_section(seconds: float) -> dict:
+    model = snac_model.random_model("24khz")
+    frames = frames_of(model, model.encode(signal(model.sample_rate, seconds, seed=1)))
+    out = {"hop_ms": 1000 * model.frame_size / model.sample_rate, "hops": len(frames)}
+
+    def run(threads: int) -> list[float]:
+        dec = StreamingDecoder(model, seed=0, threads=threads)
+        for f in frames[:3]:
+            dec.push(f)
+        times = []
+        for f in frames[3:]:
+            t = time.perf_counter()
+            dec.push(f)
+            times.append(time.perf_counter() - t)
+        return times
+
+    for threads in (1, 2):
+        for busy in (False, True):
+            if busy:
+                with BusyCore():
+                    times = run(threads)
+            else:
+                times = run(threads)
+            key = f"{threads}t_{'busy' if busy else 'idle'}"
+            out[key] = {"p50_ms": 1000 * pct(times, 50), "p99_ms": 1000 * pct(times, 99)}
+    return out
+
+
+# ---------------------------------------------------------------- 3. concurrent streams
+class StreamSet:
+    """N 24 kHz streams stepped one hop at a time, batched or one by one;
+    ``mode`` is ``"decode"``, ``"encode"`` or ``"duplex"`` (both)."""
+
+    def __init__(self, model, n: int, batched: bool, mode: str, audio, frames, threads: int):
+        self.n, self.batched, self.audio, self.frames = n, batched, audio, frames
+        self.hop, self.j = model.frame_size, 0
+        self.encode, self.decode = mode in ("encode", "duplex"), mode in ("decode", "duplex")
+        if batched:
+            self.dec = MultiStreamDecoder(model, max_streams=n, threads=threads)
+            self.enc = MultiStreamEncoder(model, max_streams=n, threads=threads)
+            for i in range(n):
+                self.dec.open(i, seed=i)
+                self.enc.open(i)
+        else:
+            self.decs = [StreamingDecoder(model, seed=i, threads=threads) for i in range(n)]
+            self.encs = [StreamingEncoder(model, threads=threads) for _ in range(n)]
+
+    def step(self) -> None:
+        j = self.j % len(self.frames)
+        x, f = self.audio[..., j * self.hop : (j + 1) * self.hop], self.frames[j]
+        self.j += 1
+        if self.batched:
+            if self.encode:
+                self.enc.step({i: x for i in range(self.n)})
+            if self.decode:
+                self.dec.step({i: f for i in range(self.n)})
+            return
+        for i in range(self.n):
+            if self.encode:
+                self.encs[i].push(x)
+            if self.decode:
+                self.decs[i].push(f)
+
+
+def step_times(streams: StreamSet, steps: int) -> list[float]:
+    for _ in range(3):
+        streams.step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        streams.step()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def streams_section(steps: int, threads: int, max_n: int) -> dict:
+    model = snac_model.random_model("24khz")
+    audio = signal(model.sample_rate, 4.0, seed=2)
+    frames = frames_of(model, model.encode(audio))
+    hop_s = model.frame_size / model.sample_rate
+    out: dict = {"criterion": "mean step time for N streams <= one hop (85.3 ms)"}
+
+    def mean_step(n: int, batched: bool, mode: str) -> list[float]:
+        return step_times(StreamSet(model, n, batched, mode, audio, frames, threads), steps)
+
+    for mode in ("decode", "duplex"):
+        for batched in (False, True):
+            best, n, curve = 0, 1, {}
+            while n <= max_n:
+                times = mean_step(n, batched, mode)
+                curve[n] = {"mean_ms": 1000 * statistics.mean(times), "p99_ms": 1000 * pct(times, 99)}
+                if statistics.mean(times) > hop_s:
+                    break
+                best, n = n, n + (1 if n < 8 else 4)
+            out[f"{mode}_{'batched' if batched else 'one_by_one'}"] = {"streams": best, "curve": curve}
+    for mode in ("decode", "encode", "duplex"):
+        t1 = statistics.mean(mean_step(8, False, mode))
+        t8 = statistics.mean(mean_step(8, True, mode))
+        out[f"batch8_{mode}"] = {"one_by_one_ms": 1000 * t1, "batched_ms": 1000 * t8, "ratio": t1 / t8}
+    return out
+
+
+# ---------------------------------------------------------------- 4. opt-ins
+def options_section(seconds: float, compile: bool) -> dict:
+    model = snac_model.random_model("24khz")
+    audio = signal(model.sample_rate, seconds, seed=3)
+    codes = model.encode(audio)
+    frames = frames_of(model, codes)
+
+    def decode(**kw) -> tuple[torch.Tensor, float]:
+        dec = StreamingDecoder(model, seed=0, **kw)
+        parts, times = [dec.push(frames[0]), dec.push(frames[1])], []
+        for f in frames[2:]:
+            t = time.perf_counter()
+            parts.append(dec.push(f))
+            times.append(time.perf_counter() - t)
+        parts.append(dec.flush())
+        return torch.cat(parts, dim=-1), pct(times, 50)
+
+    exact, p50 = decode()
+    out: dict = {"fp32_decode_p50_ms": 1000 * p50}
+    approx, p50 = decode(gemm_dtype=torch.bfloat16)
+    err = approx - exact
+    out["bf16_decode_p50_ms"] = 1000 * p50
+    out["bf16_decode_max_abs_dev"] = err.abs().max().item()
+    out["bf16_decode_snr_db"] = (10 * torch.log10(exact.pow(2).sum() / err.pow(2).sum())).item()
+    enc = StreamingEncoder(model, gemm_dtype=torch.bfloat16)
+    got = enc.encode(
+        [audio[..., i : i + model.frame_size] for i in range(0, audio.shape[-1], model.frame_size)]
+    )
+    agree = sum((a == b).sum().item() for a, b in zip(got, codes, strict=True)) / sum(
+        c.numel() for c in codes
+    )
+    out["bf16_encode_code_agreement"] = agree
+    if compile:
+        t = time.perf_counter()
+        dec = StreamingDecoder(model, seed=0, compile=True)
+        dec.push(frames[0]), dec.push(frames[1])
+        out["compile_first_hops_s"] = time.perf_counter() - t
+        compiled, p50 = decode(compile=True)
+        out["compile_decode_p50_ms"] = 1000 * p50
+        out["compile_decode_max_abs_dev"] = (compiled - exact).abs().max().item()
+    return out
+
+
+# ---------------------------------------------------------------- report
+def machine(malloc: str, tuned: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "OMP_", "MKL_", "THP_"))}
+    return {
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "loadavg_start": list(os.getloadavg()),
+        "allocator": {"mode": malloc, "mallopt_applied": tuned, "env": env},
+    }
+
+
+def print_report(r: dict) -> None:
+    m = r["machine"]
+    print(
+        f"\nsnac-stream fast path  (torch {m['torch']}, {m['cpus']} CPUs, load at start {m['loadavg_start']})"
+    )
+    print(f"allocator: {m['allocator']}; streaming steps: {r['threads']} intra-op thread(s)\n")
+    print("1. real-time factor (compute s / audio s; lower is better), hop = 1 coarse frame")
+    print(f"   {'model':7} {'ours enc':>9} {'ref enc':>9} {'ours dec':>9} {'ref dec':>9} {'enc+dec x':>10}")
+    for name, s in r["rtf"].items():
+        print(
+            f"   {name:7} {s['ours_encode_rtf']:9.3f} {s['ref_encode_rtf']:9.3f} {s['ours_decode_rtf']:9.3f} "
+            f"{s['ref_decode_rtf']:9.3f} {s['speedup_encode_decode']:9.2f}x"
+        )
+        if "reference_ops_encode_rtf" in s:
+            print(
+                f"   {'':7} before (reference stream ops): enc {s['reference_ops_encode_rtf']:.3f}, "
+                f"dec {s['reference_ops_decode_rtf']:.3f}"
+            )
+    h = r["hop"]
+    print(f"\n2. 24 kHz decode compute per hop ({h['hop_ms']:.1f} ms of audio, {h['hops'] - 3} hops), ms")
+    for key in ("1t_idle", "1t_busy", "2t_idle", "2t_busy"):
+        print(f"   {key:8} p50 {h[key]['p50_ms']:6.1f}   p99 {h[key]['p99_ms']:6.1f}")
+    s = r["streams"]
+    print(f"\n3. concurrent real-time 24 kHz streams ({s['criterion']})")
+    for key in ("decode_one_by_one", "decode_batched", "duplex_one_by_one", "duplex_batched"):
+        curve = ", ".join(f"{n}: {v['mean_ms']:.0f}" for n, v in s[key]["curve"].items())
+        print(f"   {key:18} {s[key]['streams']:3d}   (N: mean ms/step  {curve})")
+    for key in ("batch8_decode", "batch8_encode", "batch8_duplex"):
+        b = s[key]
+        print(
+            f"   {key:14} 8 streams one by one {b['one_by_one_ms']:.1f} ms, batched {b['batched_ms']:.1f} ms "
+            f"-> {b['ratio']:.2f}x"
+        )
+    o = r["options"]
+    print("\n4. opt-ins (24 kHz, 1 thread)")
+    print(
+        f"   bf16 GEMMs: decode p50 {o['bf16_decode_p50_ms']:.1f} ms (fp32 {o['fp32_decode_p50_ms']:.1f}), "
+        f"SNR vs fp32 {o['bf16_decode_snr_db']:.1f} dB, max |dev| {o['bf16_decode_max_abs_dev']:.2e}; "
+        f"encoder codes agreeing {100 * o['bf16_encode_code_agreement']:.1f}%"
+    )
+    if "compile_decode_p50_ms" in o:
+        print(
+            f"   torch.compile: first two hops {o['compile_first_hops_s']:.1f} s (compiling), decode p50 "
+            f"{o['compile_decode_p50_ms']:.1f} ms, max |dev| {o['compile_decode_max_abs_dev']:.1e}"
+        )
+    print(f"\ntotal {r['seconds']:.0f} s; load at end {r['loadavg_end']}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.fastpath", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="shorter signals, fewer hops (about a minute)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--compile", action="store_true", help="also time the torch.compile opt-in (slow)")
+    p.add_argument("--malloc", choices=("tuned", "default"), default="tuned")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads of our streaming steps")
+    args = p.parse_args(argv)
+    tuned = kernels.tune_allocator() if args.malloc == "tuned" else False
+    start = time.perf_counter()
+    r: dict = {"machine": machine(args.malloc, tuned), "threads": args.threads, "quick": args.quick}
+    seconds = 4.0 if args.quick else 10.0
+    r["rtf"] = {
+        name: rtf_section(name, seconds, args.threads, 1 if args.quick else 2, before=not args.quick)
+        for name in ("24khz", "32khz")
+    }
+    r["hop"] = hop_section(8.0 if args.quick else 25.0)
+    r["streams"] = streams_section(6 if args.quick else 12, args.threads, 16)
+    r["options"] = options_section(4.0 if args.quick else 8.0, args.compile)
+    r["seconds"] = time.perf_counter() - start
+    r["loadavg_end"] = list(os.getloadavg())
+    print_report(r)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+    return r
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Server-side batching: many connections' sessions share one multi-stream engine.
+
+::
+
+    connection A: session.push(x_a) ─┐                      ┌─► future_a.result()
+    connection B: session.push(x_b) ─┼─► StepBatcher queue ─┤   one engine.step({a: x_a, b: x_b})
+    connection C: session.push(x_c) ─┘   (worker thread)    └─► future_c.result()
+
+Sessions block in their executor thread on a future; one worker thread collects whatever
+has been submitted (waiting at most ``gather_ms`` for more), runs one ``step`` of the
+:class:`~snac_stream.multistream.MultiStreamEncoder` / ``MultiStreamDecoder`` for all of
+them — streams in the same phase run as one batch — and resolves the futures. The queue
+is bounded (``max_pending``); each stream's output equals its own single-stream result.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import queue
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .multistream import MultiStreamDecoder, MultiStreamEncoder
+
+
+class StepBatcher:
+    """Runs ``engine.step`` for everything submitted, batched, on one worker thread."""
+
+    def __init__(self, engine, gather_ms: float = 2.0, max_pending: int = 256):
+        self.engine = engine
+        self.gather = gather_ms / 1000
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._ids = itertools.count()
+        self.steps = 0  # engine.step calls
+        self.items = 0  # chunks stepped
+        self._thread = threading.Thread(target=self._run, name="snac-batcher", daemon=True)
+        self._thread.start()
+
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    def submit(self, stream_id, chunk) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((stream_id, chunk, future), timeout=30)
+        return future
+
+    def call(self, stream_id, chunk):
+        """Submit and wait: the stream's output of this step."""
+        return self.submit(stream_id, chunk).result()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            try:
+                while True:
+                    batch.append(self._queue.get(timeout=self.gather))
+            except queue.Empty:
+                pass
+            # a stream may appear once per step: later chunks of the same stream wait a round
+            step, later, seen = [], [], set()
+            for item in batch:
+                (later if item[0] in seen else step).append(item)
+                seen.add(item[0])
+            for item in later:
+                self._queue.put(item)
+            try:
+                out = self.engine.step({sid: chunk for sid, chunk, _ in step})
+                for sid, _, future in step:
+                    future.set_result(out[sid])
+            except Exception:  # one bad chunk must not fail the others: retry them one by one
+                for sid, chunk, future in step:
+                    try:
+                        future.set_result(self.engine.step({sid: chunk})[sid])
+                    except Exception as e:
+                        future.set_exception(e)
+            self.steps += 1
+            self.items += len(step)
+
+
+class BatchedEncodeSession:
+    """Same interface as :class:`snac_stream.endpoints.EncodeSession`, on a shared batcher."""
+
+    def __init__(self, batcher: StepBatcher) -> None:
+        self.batcher = batcher
+        self.engine: MultiStreamEncoder = batcher.engine
+        self.id = batcher.new_id()
+        self.engine.open(self.id)
+
+    def push(self, samples: np.ndarray) -> list[torch.Tensor]:
+        audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).reshape(1, 1, -1)
+        return [c[0] for c in self.batcher.call(self.id, audio.to(self.engine.model.dtype))]
+
+    def flush(self) -> list[torch.Tensor]:
+        return [c[0] for c in self.engine.flush(self.id)]
+
+    def close(self) -> None:
+        if self.id in self.engine:
+            self.engine.close(self.id)
+
+
+class BatchedDecodeSession:
+    """Same interface as :class:`snac_stream.receiver.DecodeSession`, on a shared batcher."""
+
+    def __init__(self, batcher: StepBatcher, seed: int | None = 0) -> None:
+        self.batcher = batcher
+        self.engine: MultiStreamDecoder = batcher.engine
+        self.seed = seed
+        self.id = batcher.new_id()
+        self.engine.open(self.id, seed)
+
+    @staticmethod
+    def _numpy(audio: torch.Tensor) -> np.ndarray:
+        return audio.reshape(-1).to("cpu", torch.float32).numpy()
+
+    def push(self, codes: Sequence[torch.Tensor]) -> np.ndarray:
+        return self._numpy(self.batcher.call(self.id, [c.reshape(1, -1) for c in codes]))
+
+    def flush(self) -> np.ndarray:
+        return self._numpy(self.engine.flush(self.id))
+
+    def reset(self) -> None:
+        self.close()
+        self.engine.open(self.id, self.seed)
+
+    def close(self) -> None:
+        if self.id in self.engine:
+            self.engine.close(self.id)
