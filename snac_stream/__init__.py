@@ -3,6 +3,7 @@
 from .decoder import StreamingDecoder
 from .encoder import StreamFinished, StreamingEncoder
 from .latency import Latency, decoder_latency, encoder_latency, end_to_end_latency
+from .multistream import MultiStreamDecoder, MultiStreamEncoder
 from .token_decoder import TokenDecoder
 from .tokens import (
     ORPHEUS_AUDIO_OFFSET,
@@ -18,6 +19,8 @@ __all__ = [
     "StreamingDecoder",
     "StreamFinished",
     "TokenDecoder",
+    "MultiStreamEncoder",
+    "MultiStreamDecoder",
     "Latency",
     "encoder_latency",
     "decoder_latency",

@@ -123,12 +123,28 @@ class _Pack:
 
 
 class _MultiStream:
-    """Shared machinery: stream table, grouping, packs. Subclasses define the forward."""
+    """Shared machinery: stream table, grouping, packs. Subclasses define the forward.
 
-    def __init__(self, model: SNAC, max_streams: int, threads: int | None, max_batch: int):
+    Options (keyword-only, as for :class:`~snac_stream.StreamingDecoder`): ``compile``,
+    ``gemm_dtype`` (opt-in, not exact), ``threads`` (per step, default 1), ``max_batch``.
+    """
+
+    part: str  # "encoder" or "decoder": the model part this engine streams
+
+    def __init__(
+        self,
+        model: SNAC,
+        max_streams: int = 64,
+        *,
+        compile: bool = False,
+        gemm_dtype: torch.dtype | None = None,
+        threads: int | None = 1,
+        max_batch: int = 8,
+    ):
         if max_streams < 1 or max_batch < 1:
             raise ValueError(f"max_streams and max_batch must be >= 1, got {max_streams}, {max_batch}")
         self.model, self.max_streams, self.threads, self.max_batch = model, max_streams, threads, max_batch
+        self.layers = build_fast(getattr(model, self.part), gemm_dtype, compile)
         self.streams: dict[Hashable, _Stream] = {}
         self.stats = MultiStreamStats()
         self._lock = threading.Lock()
@@ -229,18 +245,10 @@ class MultiStreamDecoder(_MultiStream):
     ``open(id, seed)`` seeds that stream's noise (as ``StreamingDecoder(model, seed=seed)``).
     """
 
-    def __init__(
-        self,
-        model: SNAC,
-        max_streams: int = 64,
-        *,
-        compile: bool = False,
-        gemm_dtype: torch.dtype | None = None,
-        threads: int | None = 1,
-        max_batch: int = 8,
-    ):
-        super().__init__(model, max_streams, threads, max_batch)
-        self.layers = build_fast(model.decoder, gemm_dtype, compile)
+    part = "decoder"
+
+    def __init__(self, model: SNAC, max_streams: int = 64, **options):
+        super().__init__(model, max_streams, **options)
         self.embedder = TickEmbedder(model.quantizer)
         self.ticks: dict[Hashable, object] = {}
 
@@ -305,18 +313,10 @@ class MultiStreamEncoder(_MultiStream):
     differ); codes per level ``[1, k_i]`` as :meth:`StreamingEncoder.push` returns them.
     """
 
-    def __init__(
-        self,
-        model: SNAC,
-        max_streams: int = 64,
-        *,
-        compile: bool = False,
-        gemm_dtype: torch.dtype | None = None,
-        threads: int | None = 1,
-        max_batch: int = 8,
-    ):
-        super().__init__(model, max_streams, threads, max_batch)
-        self.layers = build_fast(model.encoder, gemm_dtype, compile)
+    part = "encoder"
+
+    def __init__(self, model: SNAC, max_streams: int = 64, **options):
+        super().__init__(model, max_streams, **options)
         self.quantizer = BlockQuantizer(model.quantizer)
         self.samples_in: dict[Hashable, int] = {}
 

@@ -28,11 +28,14 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(spec: str):
-    """The model for a CLI command: weight norm folded, eval mode, 2 threads at most."""
+    """The model for a CLI command: weight norm folded, eval mode, 2 threads at most, and the
+    allocator tuned for a long-running streaming process (no mmap churn per step)."""
     import torch
 
     from snac_model import load_model as resolve
+    from snac_stream.kernels import tune_allocator
 
+    tune_allocator()
     torch.set_num_threads(min(torch.get_num_threads(), max(1, os.cpu_count() or 1)))
     try:
         model = resolve(spec, fallback_to_random=True)
