@@ -171,3 +171,21 @@ def walk(op: StreamOp, state):
             yield from walk(child, child_state)
     elif isinstance(op, Residual):
         yield from walk(op.block, state.block)
+
+
+def build_stream(
+    module: nn.Module, *, fast: bool = True, compile: bool = False, gemm_dtype: torch.dtype | None = None
+) -> StreamOp:
+    """The operator chain a streaming encoder/decoder runs: :func:`build_fast` (default) or the
+    reference operators of :func:`build` (``fast=False``, which takes no fast-path options)."""
+    if not fast and (compile or gemm_dtype is not None):
+        raise ValueError("compile and gemm_dtype need the fast path (fast=True)")
+    with torch.inference_mode():
+        return build_fast(module, gemm_dtype, compile) if fast else build(module)
+
+
+def install_noise(op: StreamOp, state, source) -> None:
+    """Give every :class:`Noise` operator's state in ``op`` the seeded ``source`` (or None)."""
+    for child, child_state in walk(op, state):
+        if isinstance(child, Noise):
+            child_state.source = source

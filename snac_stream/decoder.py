@@ -15,10 +15,9 @@ import torch
 from snac_model import SNAC, NoiseSource
 from snac_model.validation import check_codes
 
-from .build import build, build_fast, walk
+from .build import build_stream, install_noise
 from .encoder import StreamFinished
 from .kernels import intra_op_threads
-from .noise import Noise
 from .quantizer import TickEmbedder
 from .streaming import empty
 
@@ -48,16 +47,13 @@ class StreamingDecoder:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not fast and (compile or gemm_dtype is not None):
-            raise ValueError("compile and gemm_dtype need the fast path (fast=True)")
         self.model = model
         self.batch_size = batch_size
         self.seed = seed
         self.threads = threads
         if seed is not None:
             NoiseSource(seed, batch_size)  # validates the seed count now, not at first push
-        with torch.inference_mode():
-            self.layers = build_fast(model.decoder, gemm_dtype, compile) if fast else build(model.decoder)
+        self.layers = build_stream(model.decoder, fast=fast, compile=compile, gemm_dtype=gemm_dtype)
         self.embedder = TickEmbedder(model.quantizer)
         self.reset()
 
@@ -66,9 +62,7 @@ class StreamingDecoder:
         m = self.model
         self.state = self.layers.init_state(self.batch_size, m.device, m.dtype)
         source = None if self.seed is None else NoiseSource(self.seed, self.batch_size)
-        for op, state in walk(self.layers, self.state):
-            if isinstance(op, Noise):
-                state.source = source
+        install_noise(self.layers, self.state, source)
         self.tick_state = self.embedder.init_state()
         self.samples_out = 0
         self.finished = False

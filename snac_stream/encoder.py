@@ -15,7 +15,7 @@ import torch
 from snac_model import SNAC
 from snac_model.validation import check_audio
 
-from .build import build, build_fast
+from .build import build_stream
 from .kernels import intra_op_threads
 from .quantizer import BlockQuantizer
 from .streaming import cat_time
@@ -53,13 +53,10 @@ class StreamingEncoder:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not fast and (compile or gemm_dtype is not None):
-            raise ValueError("compile and gemm_dtype need the fast path (fast=True)")
         self.model = model
         self.batch_size = batch_size
         self.threads = threads
-        with torch.inference_mode():
-            self.layers = build_fast(model.encoder, gemm_dtype, compile) if fast else build(model.encoder)
+        self.layers = build_stream(model.encoder, fast=fast, compile=compile, gemm_dtype=gemm_dtype)
         self.quantizer = BlockQuantizer(model.quantizer)
         self.reset()
 

@@ -38,10 +38,10 @@ import torch
 from snac_model import SNAC, NoiseSource
 from snac_model.validation import check_audio, check_codes
 
-from .build import build_fast, walk
+from .build import build_fast, install_noise
 from .fastops import StackedNoiseState
 from .kernels import intra_op_threads
-from .noise import Noise, NoiseState
+from .noise import NoiseState
 from .quantizer import BlockQuantizer, TickEmbedder
 from .streaming import cat_time
 
@@ -256,10 +256,7 @@ class MultiStreamDecoder(_MultiStream):
         with self._lock:
             m = self.model
             state = self.layers.init_state(1, m.device, m.dtype)
-            source = None if seed is None else NoiseSource([seed], 1)
-            for op, s in walk(self.layers, state):
-                if isinstance(op, Noise):
-                    s.source = source
+            install_noise(self.layers, state, None if seed is None else NoiseSource([seed], 1))
             self._add(stream_id, state)
             self.ticks[stream_id] = self.embedder.init_state()
 
