@@ -32,6 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
+from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("SNAC_TEST_THREADS", "2")))
 
@@ -196,3 +197,19 @@ def run_async(fn):
         return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60))
 
     return wrapper
+
+
+async def wait_until(predicate, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+async def close_code(ws, timeout: float = 10.0) -> int | None:
+    """Read until the connection closes; the code the server sent (None: no close frame)."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                await ws.recv()
+    except ConnectionClosed as e:
+        return e.rcvd.code if e.rcvd else None

@@ -13,7 +13,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from conftest import run_async
+from conftest import close_code, run_async, wait_until
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -87,22 +87,6 @@ async def serving(model=None, seed: int = 0, **overrides):
         yield server
     finally:
         await server.stop()
-
-
-async def wait_until(predicate, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-
-async def close_code(ws, timeout: float = 10.0) -> int | None:
-    """Read until the connection closes; the code the server sent (None: no close frame)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                await ws.recv()
-    except ConnectionClosed as e:
-        return e.rcvd.code if e.rcvd else None
 
 
 async def exchange(url: str, messages: list, timeout: float = 20.0) -> tuple[list, int | None, str]:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_async
+from conftest import close_code, run_async, wait_until
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
 from snac_stream.client import RelayError, listen, publish
 from snac_stream.client import room_url as client_room_url
@@ -76,22 +76,6 @@ async def running(**overrides):
 def room_url(server: Server, room: str, role: str, **query) -> str:
     extra = "".join(f"&{k}={v}" for k, v in query.items())
     return f"{server.url}/rooms/{room}?role={role}{extra}"
-
-
-async def wait_until(predicate, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-
-async def close_code(ws, timeout: float = 10.0) -> int | None:
-    """Read until the connection closes; the code the server sent (None: no close frame)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                await ws.recv()
-    except ConnectionClosed as e:
-        return e.rcvd.code if e.rcvd else None
 
 
 async def collect(stream, until=End) -> list:
