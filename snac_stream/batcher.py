@@ -11,15 +11,27 @@ has been submitted (waiting at most ``gather_ms`` for more), runs one ``step`` o
 :class:`~snac_stream.multistream.MultiStreamEncoder` / ``MultiStreamDecoder`` for all of
 them — streams in the same phase run as one batch — and resolves the futures. The queue
 is bounded (``max_pending``); each stream's output equals its own single-stream result.
+
+A :class:`BatcherPool` runs one such batcher per CPU core (shards), each engine stepping
+with one intra-op thread, and places each new stream on the least-loaded shard::
+
+    streams a c e ──► shard 0: StepBatcher(engine 0) ── core 0
+    streams b d   ──► shard 1: StepBatcher(engine 1) ── core 1      (engines share weights)
+
+Shards beat one engine with two intra-op threads: a hop's many small operators parallelise
+badly, and with the other core busy every OpenMP barrier waits for a descheduled thread
+(see ``python -m benchmarks.fastpath``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import os
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -79,6 +91,41 @@ class StepBatcher:
                         future.set_exception(e)
             self.steps += 1
             self.items += len(step)
+
+
+def default_workers() -> int:
+    """One shard per CPU core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+Session = TypeVar("Session")
+
+
+class BatcherPool:
+    """``workers`` :class:`StepBatcher` shards (default: one per core) over siblings of
+    ``engine`` (:meth:`~snac_stream.multistream.MultiStreamDecoder.sibling`: same options,
+    shared layers). A stream stays on the shard it was opened on."""
+
+    def __init__(self, engine, workers: int | None = None, **batcher_options):
+        n = default_workers() if workers is None else workers
+        if n < 1:
+            raise ValueError(f"workers must be >= 1, got {n}")
+        engines = [engine] + [engine.sibling() for _ in range(n - 1)]
+        self.batchers = [StepBatcher(e, **batcher_options) for e in engines]
+        self._lock = threading.Lock()
+
+    def open(self, make_session: Callable[[StepBatcher], Session]) -> Session:
+        """``make_session(batcher)`` on the shard with the fewest open streams."""
+        with self._lock:
+            return make_session(min(self.batchers, key=lambda b: len(b.engine)))
+
+    @property
+    def streams(self) -> list[int]:
+        """Open streams per shard."""
+        return [len(b.engine) for b in self.batchers]
 
 
 class BatchedEncodeSession:

@@ -1,8 +1,8 @@
 """Model-running WebSocket endpoints: ``/encode`` (PCM in, codes out) and ``/decode``.
 
 For thin clients that cannot run the model: the server runs one streaming state per
-connection, in :attr:`Server.executor <snac_stream.server.Server.executor>` threads (never on
-the event loop), one message at a time per connection (so a connection buffers at most
+connection, in the endpoints' own threads (one per possible session; never on the event
+loop), one message at a time per connection (so a connection buffers at most
 ``recv_queue`` messages, then TCP pushes back). See docs/protocol.md §4.
 
 ::
@@ -32,6 +32,7 @@ seconds per second with ``model_burst`` seconds of burst (exceeded: 4023 RATE_LI
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -155,6 +156,14 @@ class ModelEndpoints:
         bits = self.info.codes_per_frame * self.info.bits_per_code
         self.max_frames_per_packet = max(1, min(0xFFFF, (c.max_message_size - 16) * 8 // bits))
         self.pcm_chunk = max(1, c.max_message_size // 4)  #: samples per PCM message of /decode
+        # One thread per possible session: a batched session's call mostly waits for its
+        # shard, and must not hold up the other sessions' calls (nor the server's executor).
+        self.executor = server.new_executor(c.max_model_sessions, "snac-model-session")
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``await fn(*args, **kwargs)`` in this endpoint's session threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
 
     # -- shared ---------------------------------------------------------------------------
 
@@ -219,7 +228,7 @@ class ModelEndpoints:
         self, connection: ServerConnection, dtype: np.dtype, stream_id: int, bucket: TokenBucket
     ) -> None:
         server = self.server
-        session = await server.run_in_executor(self.encode_session, self.model)
+        session = await self._call(self.encode_session, self.model)
         try:
             await self._encode_stream(connection, session, dtype, stream_id, bucket)
         finally:
@@ -250,9 +259,9 @@ class ModelEndpoints:
             self._spend(bucket, pcm.size)
             samples += pcm.size
             server.counters["encode_samples_in"] += pcm.size
-            codes = await server.run_in_executor(session.push, pcm)
+            codes = await self._call(session.push, pcm)
             seq, frames = await self._send_codes(connection, codes, stream_id, seq, frames)
-        codes = await server.run_in_executor(session.flush)
+        codes = await self._call(session.flush)
         seq, frames = await self._send_codes(connection, codes, stream_id, seq, frames)
         await connection.send(encode_packet(End(stream_id, seq, frames, samples)))
         server.counters["encode_streams_completed"] += 1
@@ -289,7 +298,7 @@ class ModelEndpoints:
     async def _decode(self, connection: ServerConnection, bucket: TokenBucket) -> None:
         server, info = self.server, self.info
         limit = server.config.max_message_size
-        receiver = await server.run_in_executor(
+        receiver = await self._call(
             CodeReceiver,
             self.model,
             self.seed,
@@ -310,14 +319,14 @@ class ModelEndpoints:
                 if head.kind is Kind.CODES:
                     self._spend(bucket, head.n_frames * info.frame_size)
                     server.counters["decode_frames_in"] += head.n_frames
-                audio = await server.run_in_executor(receiver.on_packet, message)
+                audio = await self._call(receiver.on_packet, message)
                 hello_seen = hello_seen or head.kind is Kind.HELLO
                 await self._send_pcm(connection, audio)
                 if head.kind is Kind.END:
                     server.counters["decode_streams_completed"] += 1
                     break
                 if head.kind is Kind.ERROR:  # the client gave up on its stream
-                    await self._send_pcm(connection, await server.run_in_executor(receiver.close))
+                    await self._send_pcm(connection, await self._call(receiver.close))
                     break
         finally:
             _close(receiver.session)
@@ -339,16 +348,17 @@ def _close(session) -> None:
         close()
 
 
-def batched_sessions(model, max_streams: int = 64) -> tuple[Callable, Callable]:
+def batched_sessions(model, max_streams: int = 64, workers: int | None = None) -> tuple[Callable, Callable]:
     """Session factories on shared multi-stream engines: concurrent connections in the same
-    phase run as one batch (see :mod:`snac_stream.batcher`)."""
-    from .batcher import BatchedDecodeSession, BatchedEncodeSession, StepBatcher
+    phase run as one batch, on ``workers`` shards per endpoint (default: one per core; see
+    :mod:`snac_stream.batcher`)."""
+    from .batcher import BatchedDecodeSession, BatchedEncodeSession, BatcherPool
     from .multistream import MultiStreamDecoder, MultiStreamEncoder
 
-    encoder = StepBatcher(MultiStreamEncoder(model, max_streams))
-    decoder = StepBatcher(MultiStreamDecoder(model, max_streams))
-    return (lambda _model: BatchedEncodeSession(encoder)), (
-        lambda _model, seed: BatchedDecodeSession(decoder, seed)
+    encoder = BatcherPool(MultiStreamEncoder(model, max_streams), workers)
+    decoder = BatcherPool(MultiStreamDecoder(model, max_streams), workers)
+    return (lambda _model: encoder.open(BatchedEncodeSession)), (
+        lambda _model, seed: decoder.open(lambda b: BatchedDecodeSession(b, seed))
     )
 
 
@@ -372,7 +382,10 @@ def add_model_endpoints(
     By default the sessions share batched multi-stream engines (:func:`batched_sessions`).
     """
     if encode_session is None or decode_session is None:
-        batched_encode, batched_decode = batched_sessions(model, server.config.max_model_sessions)
+        c = server.config
+        batched_encode, batched_decode = batched_sessions(
+            model, c.max_model_sessions, c.engine_workers or None
+        )
         encode_session = encode_session or batched_encode
         decode_session = decode_session or batched_decode
     endpoints = ModelEndpoints(

@@ -43,7 +43,7 @@ from .fastops import StackedNoiseState
 from .kernels import intra_op_threads
 from .noise import NoiseState
 from .quantizer import BlockQuantizer, TickEmbedder
-from .streaming import cat_time
+from .streaming import StreamOp, cat_time
 
 
 # ---------------------------------------------------------------- state trees
@@ -126,7 +126,10 @@ class _MultiStream:
     """Shared machinery: stream table, grouping, packs. Subclasses define the forward.
 
     Options (keyword-only, as for :class:`~snac_stream.StreamingDecoder`): ``compile``,
-    ``gemm_dtype`` (opt-in, not exact), ``threads`` (per step, default 1), ``max_batch``.
+    ``gemm_dtype`` (opt-in, not exact), ``threads`` (per step, default 1), ``max_batch``;
+    ``layers``: the operator chain of another engine of the same model part to share (the
+    operators hold only weights, so engines on different threads can share one chain and
+    its packed weights; ``compile``/``gemm_dtype`` then come from that chain).
     """
 
     part: str  # "encoder" or "decoder": the model part this engine streams
@@ -140,14 +143,20 @@ class _MultiStream:
         gemm_dtype: torch.dtype | None = None,
         threads: int | None = 1,
         max_batch: int = 8,
+        layers: StreamOp | None = None,
     ):
         if max_streams < 1 or max_batch < 1:
             raise ValueError(f"max_streams and max_batch must be >= 1, got {max_streams}, {max_batch}")
         self.model, self.max_streams, self.threads, self.max_batch = model, max_streams, threads, max_batch
-        self.layers = build_fast(getattr(model, self.part), gemm_dtype, compile)
+        self.layers = layers if layers is not None else build_fast(getattr(model, self.part), gemm_dtype, compile)
+        self._options = {"threads": threads, "max_batch": max_batch}
         self.streams: dict[Hashable, _Stream] = {}
         self.stats = MultiStreamStats()
         self._lock = threading.Lock()
+
+    def sibling(self):
+        """A new engine with no streams, the same model and options, sharing this one's layers."""
+        return type(self)(self.model, self.max_streams, layers=self.layers, **self._options)
 
     def __contains__(self, stream_id) -> bool:
         return stream_id in self.streams

@@ -76,6 +76,7 @@ class ServerConfig:
     recv_queue: int = 8  #: messages buffered per connection before TCP backpressure
     workers: int = 2  #: threads of :attr:`Server.executor` (model inference)
     max_model_sessions: int = 4  #: concurrent /encode + /decode connections (each runs the model)
+    engine_workers: int = 0  #: batched model shards per endpoint, one thread each (0: one per CPU core)
     model_rate: float = 2.0  #: audio seconds per wall-clock second, per /encode or /decode connection
     model_burst: float = 10.0  #: audio seconds a model connection may send ahead of model_rate
 
@@ -101,6 +102,8 @@ class ServerConfig:
             raise ValueError(f"ServerConfig: {', '.join(bad)} must be > 0")
         if self.slow_listener not in ("drop", "skip"):
             raise ValueError("ServerConfig: slow_listener must be 'drop' or 'skip'")
+        if self.engine_workers < 0:
+            raise ValueError("ServerConfig: engine_workers must be >= 0 (0: one per CPU core)")
         if not 0 <= self.port <= 65535:
             raise ValueError("ServerConfig: port must be in 0..65535")
 
@@ -148,6 +151,7 @@ class Server:
         self._ws: WsServer | None = None
         self._port: int | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._extra_executors: list[concurrent.futures.ThreadPoolExecutor] = []
         self.add_route("/rooms/", self.relay.handle)
         self.add_http_route("/health", self._health)
 
@@ -175,6 +179,13 @@ class Server:
                 self.config.workers, thread_name_prefix="snac-stream-worker"
             )
         return self._executor
+
+    def new_executor(self, threads: int, name: str) -> concurrent.futures.ThreadPoolExecutor:
+        """A thread pool of the route's own (e.g. one thread per model session), shut down
+        with the server after its connections closed."""
+        executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=name)
+        self._extra_executors.append(executor)
+        return executor
 
     async def run_in_executor(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``await fn(*args, **kwargs)`` in :attr:`executor`."""
@@ -238,8 +249,9 @@ class Server:
                 await self._ws.wait_closed()
         except TimeoutError:
             log.warning("some connections did not close in time")
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        for executor in [self._executor, *self._extra_executors]:
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
         log.info("snac-stream server stopped")
 
     async def __aenter__(self) -> Server:
@@ -388,6 +400,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"concurrent /encode + /decode connections (default {d.max_model_sessions})",
     )
     a(
+        "--engine-workers",
+        type=int,
+        default=d.engine_workers,
+        help="batched model shards per endpoint, one thread each (default: one per CPU core)",
+    )
+    a(
         "--model-rate",
         type=float,
         default=d.model_rate,
@@ -417,6 +435,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         idle_timeout=args.idle_timeout,
         workers=getattr(args, "workers", d.workers),
         max_model_sessions=getattr(args, "max_model_sessions", d.max_model_sessions),
+        engine_workers=getattr(args, "engine_workers", d.engine_workers),
         model_rate=getattr(args, "model_rate", d.model_rate),
         model_burst=getattr(args, "model_burst", d.model_burst),
     )

@@ -6,11 +6,12 @@ from __future__ import annotations
 import concurrent.futures
 
 import numpy as np
+import pytest
 import torch
 
 from snac_model import SNAC
 from snac_stream import StreamingDecoder, StreamingEncoder
-from snac_stream.batcher import BatchedDecodeSession, BatchedEncodeSession, StepBatcher
+from snac_stream.batcher import BatchedDecodeSession, BatchedEncodeSession, BatcherPool, StepBatcher
 from snac_stream.multistream import MultiStreamDecoder, MultiStreamEncoder
 
 CONFIG = dict(
@@ -75,3 +76,40 @@ def test_encode_sessions_match_single_stream_encoder() -> None:
         expected = StreamingEncoder(model).encode([x])
         for a, b in zip(got, expected, strict=True):
             assert torch.equal(a, b[0])
+
+
+def test_pool_spreads_streams_over_shards_sharing_weights_and_stays_exact() -> None:
+    model = _model()
+    pool = BatcherPool(MultiStreamDecoder(model, 8), workers=2, gather_ms=20)
+    engines = [b.engine for b in pool.batchers]
+    assert engines[0].layers is engines[1].layers  # one operator chain (weights) for both shards
+    gen = torch.Generator().manual_seed(2)
+    streams = [[torch.randint(0, 256, (1, 8 * r), generator=gen) for r in (1, 2)] for _ in range(4)]
+    sessions = [pool.open(lambda b, k=k: BatchedDecodeSession(b, seed=k)) for k in range(4)]
+    assert pool.streams == [2, 2]
+    assert {s.batcher for s in sessions} == set(pool.batchers)
+
+    def run(k: int) -> np.ndarray:
+        s = sessions[k]
+        parts = [
+            s.push([c[:, f * r : (f + 1) * r] for c, r in zip(streams[k], (1, 2), strict=True)])
+            for f in range(8)
+        ]
+        return np.concatenate([*parts, s.flush()])
+
+    with concurrent.futures.ThreadPoolExecutor(4) as threads:
+        outputs = list(threads.map(run, range(4)))
+    for k, got in enumerate(outputs):
+        expected = StreamingDecoder(model, seed=k).decode([streams[k]]).reshape(-1).float().numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    assert pool.streams == [0, 0]  # flushed streams are closed
+    assert all(b.items == 2 * 8 for b in pool.batchers)  # each shard stepped its own two streams
+    # a new stream goes to the least-loaded shard
+    first = pool.open(lambda b: BatchedDecodeSession(b, seed=9))
+    assert pool.streams == [1, 0] and first.batcher is pool.batchers[0]
+    assert pool.open(lambda b: BatchedDecodeSession(b, seed=9)).batcher is pool.batchers[1]
+
+
+def test_pool_rejects_no_workers() -> None:
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        BatcherPool(MultiStreamDecoder(_model(), 2), workers=0)

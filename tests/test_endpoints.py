@@ -371,11 +371,13 @@ async def test_idle_model_session_times_out_and_token_is_required():
         assert packets[-1].total_samples == 10
 
 
+@pytest.mark.parametrize("engine_workers", [1, 2])
 @run_async
-async def test_concurrent_sessions_are_independent():
+async def test_concurrent_sessions_are_independent(engine_workers):
     model = tiny_model()
     info = ModelInfo.from_model(model)
-    async with serving(model, max_model_sessions=6) as srv:
+    # workers=1: the server's own executor is not what runs (or serialises) model sessions
+    async with serving(model, max_model_sessions=6, engine_workers=engine_workers, workers=1) as srv:
         pcms = [audio(700 + 100 * i, i) for i in range(3)]
         codes = [offline_codes(model, p) for p in pcms]
         jobs = [remote_encode(srv.url, p, chunk_samples=64) for p in pcms]

@@ -503,3 +503,12 @@ async def test_listen_reconnects_with_backoff():
         assert await nxt == again
         assert lis.stats.reconnects >= 1 and lis.stats.streams_completed == 2
         await lis.aclose()
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("workers", 0, "workers must be > 0"), ("engine_workers", -1, "engine_workers must be >= 0")],
+)
+def test_server_config_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        ServerConfig(**{field: value})
