@@ -1,32 +1,40 @@
 """Fast-path benchmark: our streaming engine against the reference ``snac`` package, one run.
 
-``python -m benchmarks.fastpath [--quick] [--json FILE] [--compile]`` reports, on the
-published 24 and 32 kHz architectures with seeded random weights (the reference
+``python -m benchmarks.fastpath [--quick] [--json FILE] [--compile] [--workers N]`` reports,
+on the published 24 and 32 kHz architectures with seeded random weights (the reference
 ``snac.SNAC`` gets the same state dict):
 
 1. real-time factor (compute s / audio s) of our streaming encode and decode at a hop of
-   one coarse frame against the reference's offline encode / decode of the same audio
-   (reference timed with 1 and 2 torch threads, the faster counts);
+   one coarse frame, one after the other and pipelined (encoder and decoder on two threads,
+   as a live round trip runs), against the reference's offline encode / decode of the same
+   audio (timed with 1 and 2 torch threads, the faster counts), twice: "shipped" (a fresh
+   process with glibc's default allocator, as the reference's users run it) and "tuned"
+   (in this process, with the allocator setting ours runs with);
 2. per-hop decode compute, p50/p99 (24 kHz, one coarse frame = 85.3 ms of audio), with
    the other core idle and with it busy (a spinning process), 1 and 2 intra-op threads;
 3. concurrent real-time 24 kHz streams one process sustains (mean step time <= one hop),
    decode and full duplex (encode + decode), batched (:mod:`snac_stream.multistream`)
-   and one by one; throughput of 8 batched streams against stepping them one by one;
+   and one by one, on 1 worker thread and on ``--workers`` (shards, as the server's
+   :class:`~snac_stream.batcher.BatcherPool`); throughput of 8 batched streams against
+   stepping them one by one with the same workers;
 4. opt-ins: bf16 GEMMs (speed, deviation, code agreement), ``torch.compile`` (``--compile``),
    and the reference stream operators (``fast=False``) as the before-picture.
 
 Every timing covers all work of a step (validation, embedding, noise, layers). The
 allocator setting (``mallopt`` at start unless ``--malloc default``; ``MALLOC_*`` variables
-honoured) holds for ours and the reference alike: same process, same environment.
+honoured) holds for ours and the "tuned" reference alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import multiprocessing
 import os
+import queue
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
@@ -34,6 +42,7 @@ import torch
 
 import snac_model
 from snac_stream import StreamingDecoder, StreamingEncoder, kernels
+from snac_stream.batcher import default_workers
 from snac_stream.multistream import MultiStreamDecoder, MultiStreamEncoder
 
 
@@ -98,9 +107,60 @@ def reference_model(name: str, ours):
 
 
 # ---------------------------------------------------------------- 1. real-time factors
-def rtf_section(name: str, seconds: float, threads: int, repeats: int, before: bool) -> dict:
+def reference_rtf(name: str, seconds: float, repeats: int) -> dict:
+    """The reference's offline encode/decode real-time factors at 1 and 2 threads, in this
+    process (whatever allocator it has)."""
     model = snac_model.random_model(name)
     ref = reference_model(name, model)
+    audio = signal(model.sample_rate, seconds)
+    codes = model.encode(audio)
+    audio_s = audio.shape[-1] / model.sample_rate
+    out = {}
+    with torch.inference_mode():
+        ref.encode(audio), ref.decode(codes)  # warm-up
+        for n in (1, 2):
+            with kernels.intra_op_threads(n):
+                out[f"encode_{n}t"] = timed(lambda: ref.encode(audio), repeats) / audio_s
+                out[f"decode_{n}t"] = timed(lambda: ref.decode(codes), repeats) / audio_s
+    return out
+
+
+def reference_rtf_as_shipped(name: str, seconds: float, repeats: int) -> dict:
+    """:func:`reference_rtf` in a fresh process with glibc's default allocator settings (no
+    ``mallopt``, ``MALLOC_*`` variables removed): the reference as its users run it."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MALLOC_")}
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(reference_rtf, (name, seconds, repeats))
+    finally:
+        os.environ.update(saved)
+
+
+def pipelined_round_trip(model, audio: torch.Tensor, threads: int) -> None:
+    """Stream ``audio`` through encoder and decoder running concurrently on two threads
+    (hop by hop, a bounded queue between them), as a live codec round trip does."""
+    hop = model.frame_size
+    handoff: queue.Queue = queue.Queue(maxsize=4)
+
+    def encode() -> None:
+        enc = StreamingEncoder(model, threads=threads)
+        for i in range(0, audio.shape[-1], hop):
+            handoff.put(enc.push(audio[..., i : i + hop]))
+        handoff.put(enc.flush())
+        handoff.put(None)
+
+    producer = threading.Thread(target=encode)
+    producer.start()
+    dec = StreamingDecoder(model, seed=0, threads=threads)
+    while (codes := handoff.get()) is not None:
+        if codes[0].shape[-1]:
+            dec.push(codes)
+    dec.flush()
+    producer.join()
+
+
+def rtf_section(name: str, seconds: float, threads: int, repeats: int, before: bool) -> dict:
+    model = snac_model.random_model(name)
     audio = signal(model.sample_rate, seconds)
     codes = model.encode(audio)
     audio_s = audio.shape[-1] / model.sample_rate
@@ -128,20 +188,24 @@ def rtf_section(name: str, seconds: float, threads: int, repeats: int, before: b
     if before:
         out["reference_ops_encode_rtf"] = timed(lambda: ours_encode(fast=False), 1) / audio_s
         out["reference_ops_decode_rtf"] = timed(lambda: ours_decode(fast=False), 1) / audio_s
-    with torch.inference_mode():
-        k = model.pad_multiple // model.frame_size  # whole attention windows
-        ref.decode([c[:, : k * (c.shape[1] // len(frames))] for c in codes])  # warm-up
-        for n in (1, 2):
-            with kernels.intra_op_threads(n):
-                out[f"ref_encode_rtf_{n}t"] = timed(lambda: ref.encode(audio), repeats) / audio_s
-                out[f"ref_decode_rtf_{n}t"] = timed(lambda: ref.decode(codes), repeats) / audio_s
-    out["ref_encode_rtf"] = min(out["ref_encode_rtf_1t"], out["ref_encode_rtf_2t"])
-    out["ref_decode_rtf"] = min(out["ref_decode_rtf_1t"], out["ref_decode_rtf_2t"])
+    pipelined_round_trip(model, audio, threads)  # warm-up
+    out["ours_pipelined_rtf"] = timed(lambda: pipelined_round_trip(model, audio, threads), repeats) / audio_s
+    for label, ref_rtf in (
+        ("ref", reference_rtf(name, seconds, repeats)),  # this process: allocator as ours
+        ("ref_shipped", reference_rtf_as_shipped(name, seconds, repeats)),
+    ):
+        for key, value in ref_rtf.items():
+            out[f"{label}_{key.replace('_', '_rtf_')}"] = value
+        enc = out[f"{label}_encode_rtf"] = min(ref_rtf["encode_1t"], ref_rtf["encode_2t"])
+        dec = out[f"{label}_decode_rtf"] = min(ref_rtf["decode_1t"], ref_rtf["decode_2t"])
+        suffix = "" if label == "ref" else "_vs_shipped"
+        out[f"speedup_encode{suffix}"] = enc / out["ours_encode_rtf"]
+        out[f"speedup_decode{suffix}"] = dec / out["ours_decode_rtf"]
+        ours_seq = out["ours_encode_rtf"] + out["ours_decode_rtf"]
+        out[f"speedup_encode_decode{suffix}"] = (enc + dec) / ours_seq
+        out[f"speedup_pipelined{suffix}"] = (enc + dec) / out["ours_pipelined_rtf"]
     ours = out["ours_encode_rtf"] + out["ours_decode_rtf"]
-    out["speedup_encode"] = out["ref_encode_rtf"] / out["ours_encode_rtf"]
-    out["speedup_decode"] = out["ref_decode_rtf"] / out["ours_decode_rtf"]
-    out["speedup_encode_decode"] = (out["ref_encode_rtf"] + out["ref_decode_rtf"]) / ours
-    for n in (1, 2):  # at matched thread counts
+    for n in (1, 2):  # at matched thread counts, same allocator
         ours_n = ours if n == threads else out["ours_encode_rtf_2t"] + out["ours_decode_rtf_2t"]
         out[f"speedup_encode_decode_{n}t"] = (
             out[f"ref_encode_rtf_{n}t"] + out[f"ref_decode_rtf_{n}t"]
@@ -179,39 +243,65 @@ def hop_section(seconds: float) -> dict:
 
 
 # ---------------------------------------------------------------- 3. concurrent streams
-class StreamSet:
-    """N 24 kHz streams stepped one hop at a time, batched or one by one;
-    ``mode`` is ``"decode"``, ``"encode"`` or ``"duplex"`` (both)."""
+class StreamGroup:
+    """Streams stepped one hop at a time on one thread, batched (one multi-stream engine) or
+    one by one; ``mode`` is ``"decode"``, ``"encode"`` or ``"duplex"`` (both)."""
 
-    def __init__(self, model, n: int, batched: bool, mode: str, audio, frames, threads: int):
-        self.n, self.batched, self.audio, self.frames = n, batched, audio, frames
-        self.hop, self.j = model.frame_size, 0
+    def __init__(self, model, n: int, batched: bool, mode: str, first: int, threads: int, share=None):
+        self.batched, self.ids = batched, range(first, first + n)
         self.encode, self.decode = mode in ("encode", "duplex"), mode in ("decode", "duplex")
-        if batched:
-            self.dec = MultiStreamDecoder(model, max_streams=n, threads=threads)
-            self.enc = MultiStreamEncoder(model, max_streams=n, threads=threads)
-            for i in range(n):
+        if batched:  # engines of one StreamSet share their layers, as the server's shards do
+            opts = {"max_streams": n, "threads": threads}
+            self.dec = share[0].sibling() if share else MultiStreamDecoder(model, **opts)
+            self.enc = share[1].sibling() if share else MultiStreamEncoder(model, **opts)
+            for i in self.ids:
                 self.dec.open(i, seed=i)
                 self.enc.open(i)
         else:
-            self.decs = [StreamingDecoder(model, seed=i, threads=threads) for i in range(n)]
-            self.encs = [StreamingEncoder(model, threads=threads) for _ in range(n)]
+            self.decs = [StreamingDecoder(model, seed=i, threads=threads) for i in self.ids]
+            self.encs = [StreamingEncoder(model, threads=threads) for _ in self.ids]
+
+    def step(self, x: torch.Tensor, f: list[torch.Tensor]) -> None:
+        if self.batched:
+            if self.encode:
+                self.enc.step({i: x for i in self.ids})
+            if self.decode:
+                self.dec.step({i: f for i in self.ids})
+            return
+        for k in range(len(self.ids)):
+            if self.encode:
+                self.encs[k].push(x)
+            if self.decode:
+                self.decs[k].push(f)
+
+
+class StreamSet:
+    """N 24 kHz streams split over ``workers`` threads (shards, like the server's
+    :class:`~snac_stream.batcher.BatcherPool`), each stepping its share every hop."""
+
+    def __init__(self, model, n: int, batched: bool, mode: str, audio, frames, threads: int, workers=1):
+        self.audio, self.frames, self.hop, self.j = audio, frames, model.frame_size, 0
+        sizes = [n // workers + (w < n % workers) for w in range(workers)]
+        self.groups: list[StreamGroup] = []
+        for w, size in enumerate(sizes):
+            if size:
+                share = (self.groups[0].dec, self.groups[0].enc) if batched and self.groups else None
+                self.groups.append(StreamGroup(model, size, batched, mode, sum(sizes[:w]), threads, share))
+        self.pool = concurrent.futures.ThreadPoolExecutor(len(self.groups)) if len(self.groups) > 1 else None
 
     def step(self) -> None:
         j = self.j % len(self.frames)
         x, f = self.audio[..., j * self.hop : (j + 1) * self.hop], self.frames[j]
         self.j += 1
-        if self.batched:
-            if self.encode:
-                self.enc.step({i: x for i in range(self.n)})
-            if self.decode:
-                self.dec.step({i: f for i in range(self.n)})
-            return
-        for i in range(self.n):
-            if self.encode:
-                self.encs[i].push(x)
-            if self.decode:
-                self.decs[i].push(f)
+        if self.pool is None:
+            self.groups[0].step(x, f)
+        else:
+            for done in [self.pool.submit(g.step, x, f) for g in self.groups]:
+                done.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def step_times(streams: StreamSet, steps: int) -> list[float]:
@@ -222,33 +312,37 @@ def step_times(streams: StreamSet, steps: int) -> list[float]:
         t = time.perf_counter()
         streams.step()
         times.append(time.perf_counter() - t)
+    streams.close()
     return times
 
 
-def streams_section(steps: int, threads: int, max_n: int) -> dict:
+def streams_section(steps: int, threads: int, max_n: int, workers: int) -> dict:
     model = snac_model.random_model("24khz")
     audio = signal(model.sample_rate, 4.0, seed=2)
     frames = frames_of(model, model.encode(audio))
     hop_s = model.frame_size / model.sample_rate
-    out: dict = {"criterion": "mean step time for N streams <= one hop (85.3 ms)"}
+    out: dict = {"criterion": "mean step time for N streams <= one hop (85.3 ms)", "workers": workers}
 
-    def mean_step(n: int, batched: bool, mode: str) -> list[float]:
-        return step_times(StreamSet(model, n, batched, mode, audio, frames, threads), steps)
+    def mean_step(n: int, batched: bool, mode: str, w: int) -> list[float]:
+        return step_times(StreamSet(model, n, batched, mode, audio, frames, threads, w), steps)
 
-    for mode in ("decode", "duplex"):
-        for batched in (False, True):
-            best, n, curve = 0, 1, {}
-            while n <= max_n:
-                times = mean_step(n, batched, mode)
-                curve[n] = {"mean_ms": 1000 * statistics.mean(times), "p99_ms": 1000 * pct(times, 99)}
-                if statistics.mean(times) > hop_s:
-                    break
-                best, n = n, n + (1 if n < 8 else 4)
-            out[f"{mode}_{'batched' if batched else 'one_by_one'}"] = {"streams": best, "curve": curve}
-    for mode in ("decode", "encode", "duplex"):
-        t1 = statistics.mean(mean_step(8, False, mode))
-        t8 = statistics.mean(mean_step(8, True, mode))
-        out[f"batch8_{mode}"] = {"one_by_one_ms": 1000 * t1, "batched_ms": 1000 * t8, "ratio": t1 / t8}
+    for w in sorted({1, workers}):
+        for mode in ("decode", "duplex"):
+            for batched in (False, True):
+                best, n, curve = 0, 1, {}
+                while n <= max_n:
+                    times = mean_step(n, batched, mode, w)
+                    curve[n] = {"mean_ms": 1000 * statistics.mean(times), "p99_ms": 1000 * pct(times, 99)}
+                    if statistics.mean(times) > hop_s:
+                        break
+                    best, n = n, n + (1 if n < 8 else 2)
+                key = f"{mode}_{'batched' if batched else 'one_by_one'}_{w}w"
+                out[key] = {"streams": best, "curve": curve}
+        for mode in ("decode", "encode", "duplex"):
+            t1 = statistics.mean(mean_step(8, False, mode, w))
+            t8 = statistics.mean(mean_step(8, True, mode, w))
+            ratio = {"one_by_one_ms": 1000 * t1, "batched_ms": 1000 * t8, "ratio": t1 / t8}
+            out[f"batch8_{mode}_{w}w"] = ratio
     return out
 
 
@@ -314,19 +408,27 @@ def print_report(r: dict) -> None:
     print(f"allocator: {m['allocator']}; streaming steps: {r['threads']} intra-op thread(s)\n")
     print(
         "1. real-time factor (compute s / audio s; lower is better), hop = 1 coarse frame; ref = the "
-        "faster of 1 and 2 threads"
+        "faster of 1 and 2 threads;\n   'shipped' = the reference in a fresh process with glibc's default "
+        "allocator (as its users run it), 'tuned' = in this process (allocator as ours)"
     )
-    print(f"   {'model':7} {'ours enc':>9} {'ref enc':>9} {'ours dec':>9} {'ref dec':>9} {'enc+dec x':>10}")
+    print(
+        f"   {'model':7} {'ours enc':>9} {'ours dec':>9} {'pipelined':>9} {'ref enc':>15} {'ref dec':>15}"
+        f"   {'enc+dec speedup (seq / pipelined)':>34}"
+    )
     for name, s in r["rtf"].items():
         print(
-            f"   {name:7} {s['ours_encode_rtf']:9.3f} {s['ref_encode_rtf']:9.3f} {s['ours_decode_rtf']:9.3f} "
-            f"{s['ref_decode_rtf']:9.3f} {s['speedup_encode_decode']:9.2f}x"
+            f"   {name:7} {s['ours_encode_rtf']:9.3f} {s['ours_decode_rtf']:9.3f} "
+            f"{s['ours_pipelined_rtf']:9.3f} "
+            f"{s['ref_shipped_encode_rtf']:6.3f} / {s['ref_encode_rtf']:6.3f} "
+            f"{s['ref_shipped_decode_rtf']:6.3f} / {s['ref_decode_rtf']:6.3f}   "
+            f"vs shipped {s['speedup_encode_decode_vs_shipped']:.2f}x / "
+            f"{s['speedup_pipelined_vs_shipped']:.2f}x, "
+            f"vs tuned {s['speedup_encode_decode']:.2f}x / {s['speedup_pipelined']:.2f}x"
         )
         print(
-            f"   {'':7} matched threads: 1 vs 1 {s['speedup_encode_decode_1t']:.2f}x, 2 vs 2 "
+            f"   {'':7} tuned, matched threads: 1 vs 1 {s['speedup_encode_decode_1t']:.2f}x, 2 vs 2 "
             f"{s['speedup_encode_decode_2t']:.2f}x (ours at 2 threads: enc {s['ours_encode_rtf_2t']:.3f}, "
-            f"dec {s['ours_decode_rtf_2t']:.3f}; ref at 1 thread: enc {s['ref_encode_rtf_1t']:.3f}, "
-            f"dec {s['ref_decode_rtf_1t']:.3f})"
+            f"dec {s['ours_decode_rtf_2t']:.3f})"
         )
         if "reference_ops_encode_rtf" in s:
             print(
@@ -338,16 +440,18 @@ def print_report(r: dict) -> None:
     for key in ("1t_idle", "1t_busy", "2t_idle", "2t_busy"):
         print(f"   {key:8} p50 {h[key]['p50_ms']:6.1f}   p99 {h[key]['p99_ms']:6.1f}")
     s = r["streams"]
-    print(f"\n3. concurrent real-time 24 kHz streams ({s['criterion']})")
-    for key in ("decode_one_by_one", "decode_batched", "duplex_one_by_one", "duplex_batched"):
-        curve = ", ".join(f"{n}: {v['mean_ms']:.0f}" for n, v in s[key]["curve"].items())
-        print(f"   {key:18} {s[key]['streams']:3d}   (N: mean ms/step  {curve})")
-    for key in ("batch8_decode", "batch8_encode", "batch8_duplex"):
-        b = s[key]
-        print(
-            f"   {key:14} 8 streams one by one {b['one_by_one_ms']:.1f} ms, batched {b['batched_ms']:.1f} ms "
-            f"-> {b['ratio']:.2f}x"
-        )
+    print(f"\n3. concurrent real-time 24 kHz streams ({s['criterion']}); Nw = N worker threads (shards)")
+    for w in sorted({1, s["workers"]}):
+        for key in ("decode_one_by_one", "decode_batched", "duplex_one_by_one", "duplex_batched"):
+            k = f"{key}_{w}w"
+            curve = ", ".join(f"{n}: {v['mean_ms']:.0f}" for n, v in s[k]["curve"].items())
+            print(f"   {k:21} {s[k]['streams']:3d}   (N: mean ms/step  {curve})")
+        for mode in ("decode", "encode", "duplex"):
+            b = s[f"batch8_{mode}_{w}w"]
+            print(
+                f"   batch8_{mode}_{w}w{'':6} 8 streams one by one {b['one_by_one_ms']:.1f} ms, batched "
+                f"{b['batched_ms']:.1f} ms -> {b['ratio']:.2f}x"
+            )
     o = r["options"]
     print("\n4. opt-ins (24 kHz, 1 thread)")
     print(
@@ -370,6 +474,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile", action="store_true", help="also time the torch.compile opt-in (slow)")
     p.add_argument("--malloc", choices=("tuned", "default"), default="tuned")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of our streaming steps")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="worker threads (shards) in section 3 (default: cores)",
+    )
     args = p.parse_args(argv)
     tuned = kernels.tune_allocator() if args.malloc == "tuned" else False
     start = time.perf_counter()
@@ -380,7 +490,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name in ("24khz", "32khz")
     }
     r["hop"] = hop_section(8.0 if args.quick else 25.0)
-    r["streams"] = streams_section(6 if args.quick else 12, args.threads, 16)
+    steps, max_n = (6, 16) if args.quick else (12, 20)
+    r["streams"] = streams_section(steps, args.threads, max_n, args.workers)
     r["options"] = options_section(4.0 if args.quick else 8.0, args.compile)
     r["seconds"] = time.perf_counter() - start
     r["loadavg_end"] = list(os.getloadavg())

@@ -227,7 +227,6 @@ class ModelEndpoints:
     async def _encode(
         self, connection: ServerConnection, dtype: np.dtype, stream_id: int, bucket: TokenBucket
     ) -> None:
-        server = self.server
         session = await self._call(self.encode_session, self.model)
         try:
             await self._encode_stream(connection, session, dtype, stream_id, bucket)

@@ -148,7 +148,9 @@ class _MultiStream:
         if max_streams < 1 or max_batch < 1:
             raise ValueError(f"max_streams and max_batch must be >= 1, got {max_streams}, {max_batch}")
         self.model, self.max_streams, self.threads, self.max_batch = model, max_streams, threads, max_batch
-        self.layers = layers if layers is not None else build_fast(getattr(model, self.part), gemm_dtype, compile)
+        if layers is None:
+            layers = build_fast(getattr(model, self.part), gemm_dtype, compile)
+        self.layers = layers
         self._options = {"threads": threads, "max_batch": max_batch}
         self.streams: dict[Hashable, _Stream] = {}
         self.stats = MultiStreamStats()

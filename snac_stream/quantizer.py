@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from snac_model.vq import ResidualVectorQuantize
+from snac_model.vq import QuantizerTables, ResidualVectorQuantize, residual_quantize
 
 from .streaming import cat_time, compact
 
@@ -38,6 +38,11 @@ class BlockQuantizer:
         self.quantizer = quantizer
         self.strides = [q.stride for q in quantizer.quantizers]
         self.block = self.strides[0]
+        with torch.inference_mode():  # weight norm and codebook normalisation done once (same values)
+            self.tables = [
+                QuantizerTables(*(t.detach() if isinstance(t, torch.Tensor) else t for t in level))
+                for level in quantizer.tables()
+            ]
 
     def init_state(self, batch, device, dtype) -> BlockState:
         dim = self.quantizer.quantizers[0].in_proj.in_channels
@@ -49,7 +54,7 @@ class BlockQuantizer:
         state.buffer = compact(buf[..., full:])
         if full == 0:
             return [torch.zeros(buf.shape[0], 0, dtype=torch.long, device=buf.device) for _ in self.strides]
-        _, codes = self.quantizer(buf[..., :full])
+        _, codes = residual_quantize(buf[..., :full], self.tables)
         return codes
 
     def need(self, b: np.ndarray) -> np.ndarray:
