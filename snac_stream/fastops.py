@@ -145,7 +145,7 @@ class TCResidualUnit(StreamOp):
         if self.fused is not None:
             y = self.fused.dw_snake(u, conv.taps, conv.bias, a2, inv2, conv.dilation, m)
         else:
-            y = kernels.snake(kernels.depthwise(u, conv.taps, conv.bias, conv.dilation, m), a2, inv2)
+            y = kernels.dw_snake(u, conv.taps, conv.bias, a2, inv2, conv.dilation, m)
         z = _linear(self.linear, y)
         state.hist = compact(u[:, m:])
         skip, r = state.skip, state.skip.shape[1]

@@ -45,7 +45,13 @@ def snake(
 
     ``x [..., C]`` with ``alpha``/``inv_alpha`` ``[C]`` (any broadcastable shape works);
     ``out`` must not overlap ``x``. Equal to :func:`snake_reference` to float rounding
-    (float64: ~1e-16)."""
+    (float64: ~1e-16). float32 ``[B, T, C]`` with rows contiguous and ``[C]`` parameters
+    take the fused C kernel of :mod:`snac_stream.native` where it is available (one pass)."""
+    native = _native_for(x, alpha, inv_alpha)
+    if native is not None and (out is None or _rows_contiguous(out)):
+        out = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
+        native.snake(x, alpha, inv_alpha, out)
+        return out
     out = torch.mul(x, alpha) if out is None else torch.mul(x, alpha, out=out)
     if out.dtype == torch.float32 and out.numel() >= 256:
         a = out.numpy()  # shares memory; no copy
@@ -54,6 +60,42 @@ def snake(
         out.sin_()
     out.mul_(out)
     return torch.addcmul(x, out, inv_alpha, out=out)
+
+
+def _rows_contiguous(t: torch.Tensor) -> bool:
+    """``t [B, T, C]`` with each item's rows contiguous (``t[b]`` is one block of memory)."""
+    return t.dim() == 3 and t.stride(2) == 1 and (t.stride(1) == t.shape[2] or t.shape[1] <= 1)
+
+
+def _native_for(x: torch.Tensor, *params: torch.Tensor):
+    """The native kernels if they can take ``x`` (float32 CPU ``[B, T, C]``, rows contiguous)
+    with per-channel contiguous float32 ``params`` (each ``[C]``); else None."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not _rows_contiguous(x):
+        return None
+    for p in params:
+        if p.shape != (x.shape[2],) or p.dtype != torch.float32 or not p.is_contiguous():
+            return None
+    from . import native
+
+    return native.load()
+
+
+def dw_snake(
+    u: torch.Tensor,
+    taps: torch.Tensor,
+    bias: torch.Tensor | None,
+    alpha: torch.Tensor,
+    inv_alpha: torch.Tensor,
+    dilation: int,
+    n_out: int,
+) -> torch.Tensor:
+    """``snake(depthwise(u, taps, bias, dilation, n_out))``: fused in one pass by the native
+    kernel for float32, else the two steps below."""
+    params = (alpha, inv_alpha) if bias is None else (alpha, inv_alpha, bias)
+    native = _native_for(u, *params)
+    if native is not None and u.is_contiguous() and taps.is_contiguous() and taps.shape[1] == u.shape[2]:
+        return native.dw_snake(u, taps, bias, alpha, inv_alpha, dilation, n_out)
+    return snake(depthwise(u, taps, bias, dilation, n_out), alpha, inv_alpha)
 
 
 def depthwise(buf: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int, n_out: int):
@@ -192,6 +234,7 @@ __all__ = [
     "snake",
     "snake_reference",
     "depthwise",
+    "dw_snake",
     "dw_snake_reference",
     "cat_snake_reference",
     "compiled",
