@@ -4,7 +4,8 @@ Same contract as :mod:`snac_stream.streaming` (``init_state`` / ``step`` / ``flu
 ``need``; streamed == offline to float rounding) but tensors are ``[B, T, C]``: time
 before channels. In that layout every convolution is a GEMM with the activations on the
 left (``x [T, K] @ W^T``, the fast orientation here), a depthwise conv is seven shifted
-multiply-adds over contiguous rows, and a transposed conv needs no permute: the two
+multiply-adds over contiguous rows (fused with the Snake after it into one pass by the C
+kernels of :mod:`snac_stream.native` in float32), and a transposed conv needs no permute: the two
 halves of each frame's output are contiguous blocks. :class:`TimeMajor` wraps a chain of
 these operators behind the usual ``[B, C, T]`` interface (one transpose in, a view out).
 

@@ -2,11 +2,13 @@
 
 Measured on the 2-core AMD EPYC (AVX-512) machine of this project, one thread, fp32:
 
-- ``torch.sin`` goes through MKL VML here (~1.3 ns/element); NumPy's SIMD ``np.sin`` is
-  ~0.5 ns/element at the same accuracy (<= 1 ulp). Every other pass of Snake (mul,
-  square, multiply-add) costs ~0.1 ns/element, so :func:`snake` does the sine with NumPy
-  (float32) and the rest as three in-place torch passes on one buffer. float64 keeps
-  ``torch.sin`` (NumPy's float64 sine is slower).
+- float32 Snake, and a depthwise conv followed by Snake (:func:`dw_snake`), run as one
+  pass each in the C kernels of :mod:`snac_stream.native` (built on first use; 2-3x faster
+  than the passes below). Without them: ``torch.sin`` goes through MKL VML here (~1.3
+  ns/element); NumPy's SIMD ``np.sin`` is ~0.5 ns/element at the same accuracy (<= 1 ulp).
+  Every other pass of Snake (mul, square, multiply-add) costs ~0.1 ns/element, so
+  :func:`snake` does the sine with NumPy (float32) and the rest as three in-place torch
+  passes on one buffer. float64 keeps ``torch.sin`` (NumPy's float64 sine is slower).
 - Depthwise dilated k7 convolutions as seven shifted multiply-adds over contiguous
   ``[T, C]`` rows (:func:`depthwise`) beat oneDNN's grouped conv at every streaming size
   (e.g. 39 vs 62 us at 512 ch x 32 frames) and need no layout change.
