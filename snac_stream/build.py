@@ -20,7 +20,7 @@ from torch import nn
 from snac_model import layers
 from snac_model.attention import LocalMHA
 
-from . import kernels
+from . import kernels, native
 from .attention import LocalAttention
 from .conv import Conv1d, ConvTranspose1d
 from .fastops import (
@@ -97,7 +97,9 @@ def build_fast(module: nn.Module, gemm_dtype: torch.dtype | None = None, compile
     :class:`~snac_stream.fastops.TimeMajor` (same ``[B, C, T]`` interface and results to
     float rounding). ``gemm_dtype=torch.bfloat16`` runs every GEMM in bf16 (opt-in, not
     exact); elementwise work stays in the model dtype. ``compile=True`` runs the Snake and
-    depthwise-conv chains as ``torch.compile``'d kernels (opt-in; compiles on first use)."""
+    depthwise-conv chains as ``torch.compile``'d kernels (opt-in; compiles on first use).
+    The native Snake kernels are built (or loaded) here, so no step pays for that."""
+    native.load()
     with torch.inference_mode():
         return TimeMajor(_build_tc(module, _Options(gemm_dtype, compile)))
 

@@ -32,6 +32,10 @@ def test_info_json_random_24khz(capsys):
     assert info["coarse_frame_samples"] == 2048
     assert info["coarse_frame_ms"] == pytest.approx(2048 / 24)
     assert info["bitrate_bps"] == pytest.approx(984.375)
+    from snac_stream import native
+
+    built = native.load()
+    assert info["native_kernels"] == (None if built is None else str(built.path))
     assert round(info["bitrate_kbps"], 3) == 0.984
     assert info["attn_window_size"] is None
     assert 19.5e6 < info["parameters"] < 20.1e6

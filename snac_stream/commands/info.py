@@ -47,6 +47,10 @@ def model_info(model, spec: str) -> dict:
         bitrate_kbps=model.bitrate / 1000,
         fingerprint=model.fingerprint().hex(),
     )
+    from snac_stream import native
+
+    kernels = native.load()  # the streaming fast path's fused Snake kernels, if built here
+    info["native_kernels"] = None if kernels is None else str(kernels.path)
     return info
 
 
@@ -75,6 +79,12 @@ def format_table(info: dict) -> str:
         ),
         ("parameters", f"{info['parameters'] / 1e6:.1f} M ({info['parameters']:,})"),
         ("fingerprint", info["fingerprint"]),
+        (
+            "streaming kernels",
+            "NumPy/torch passes (no C compiler, or SNAC_STREAM_NATIVE=0)"
+            if info["native_kernels"] is None
+            else f"native C ({info['native_kernels']})",
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
