@@ -122,6 +122,17 @@ def test_disabled_by_environment_and_built_into_the_cache_dir(tmp_path):
         assert run_python(code, SNAC_STREAM_CACHE=str(tmp_path)) == path  # reused, not rebuilt
 
 
+@pytest.mark.skipif(not HAVE_CC, reason="needs a C compiler")
+def test_a_broken_cached_library_is_rebuilt(tmp_path):
+    code = "from snac_stream import native; k = native.load(); print(None if k is None else k.path)"
+    path = run_python(code, SNAC_STREAM_CACHE=str(tmp_path))
+    with open(path, "wb") as f:  # e.g. a truncated file; a fresh process finds it
+        f.write(b"not a shared library")
+    assert run_python(code, SNAC_STREAM_CACHE=str(tmp_path)) == path
+    with open(path, "rb") as f:
+        assert f.read(4) == b"\x7fELF"
+
+
 def test_missing_compiler_means_fallback(monkeypatch):
     monkeypatch.setattr(native, "_compiler", lambda: None)
     native.load.cache_clear()

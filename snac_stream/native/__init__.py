@@ -144,7 +144,11 @@ def load() -> NativeKernels | None:
     try:
         if not target.exists():
             _build(cc, target)
-        kernels = NativeKernels(target)
+        try:
+            kernels = NativeKernels(target)
+        except OSError:  # unreadable or foreign file under our name: build it again, once
+            _build(cc, target)
+            kernels = NativeKernels(target)
         if not _check(kernels):
             log.warning("native Snake kernels disagree with the reference: not used")
             return None
