@@ -74,7 +74,7 @@ class ServerConfig:
     shutdown_grace: float = 2.0  #: seconds listeners get to receive their last packets
     write_limit: int = 64 * 1024  #: bytes buffered per connection before send() waits
     recv_queue: int = 8  #: messages buffered per connection before TCP backpressure
-    workers: int = 2  #: threads of :attr:`Server.executor` (model inference)
+    workers: int = 2  #: threads of :attr:`Server.executor` (routes' blocking work)
     max_model_sessions: int = 4  #: concurrent /encode + /decode connections (each runs the model)
     engine_workers: int = 0  #: batched model shards per endpoint, one thread each (0: one per CPU core)
     model_rate: float = 2.0  #: audio seconds per wall-clock second, per /encode or /decode connection
@@ -392,7 +392,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     a("--listener-queue", type=int, default=d.listener_queue, help="packets queued per listener")
     a("--slow-listener", choices=("drop", "skip"), default=d.slow_listener)
     a("--idle-timeout", type=float, default=d.idle_timeout, help="seconds a publisher may stay silent")
-    a("--workers", type=int, default=d.workers, help=f"inference threads (default {d.workers})")
+    a(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help=f"threads for routes' blocking work (default {d.workers})",
+    )
     a(
         "--max-model-sessions",
         type=int,
