@@ -94,6 +94,15 @@ def _cpu_key() -> str:
     return platform.machine() + platform.processor()
 
 
+def _cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    try:
+        return Path.home() / ".cache" / "snac-stream"
+    except RuntimeError:  # no home directory (some containers)
+        return Path(tempfile.gettempdir()) / f"snac-stream-{os.getuid() if hasattr(os, 'getuid') else 0}"
+
+
 def _build(cc: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -139,7 +148,7 @@ def load() -> NativeKernels | None:
     key = hashlib.sha256(
         SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode() + _cpu_key().encode()
     ).hexdigest()[:16]
-    cache = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "snac-stream")
+    cache = _cache_dir()
     target = cache / f"snake-{key}{sysconfig.get_config_var('SHLIB_SUFFIX') or '.so'}"
     try:
         if not target.exists():
