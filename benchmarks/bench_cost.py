@@ -186,6 +186,26 @@ def decode_stream(
     return run
 
 
+def _per_frame(run: Run, n: int, fd: float, decode_frame, clock: Clock, budget: Budget, first: int = 0):
+    """``decode_frame(j)`` for coarse frames ``j = first .. n-1`` (earlier ones: a call that
+    decodes nothing yet), each call recorded in ``run``; stops early once the budget is spent.
+    Returns the outputs concatenated."""
+    parts = []
+    for j in range(n):
+        if j < first:
+            run.calls.append((j * fd, 0.0, 0))
+            continue
+        c0 = clock()
+        audio = decode_frame(j)
+        run.calls.append((j * fd, clock() - c0, audio.shape[-1]))
+        parts.append(audio)
+        run.audio_s = (j + 1) * fd
+        if budget.spent(run) and j + 1 < n:
+            run.truncated = True
+            break
+    return torch.cat(parts, dim=-1) if parts else torch.zeros(1, 1, 0)
+
+
 def decode_sliding_window(
     model, codes, clock: Clock, budget: Budget, seed: int | None = 0, context: int = 4
 ) -> Run:
@@ -195,21 +215,11 @@ def decode_sliding_window(
     per = codes_per_frame_level(model)
     n = n_frames(codes)
     run = Run("sliding window", "decode", "window", 1000 * fd)
-    parts = []
-    for j in range(n):
-        if j < context - 1:
-            run.calls.append((j * fd, 0.0, 0))
-            continue
-        window = slice_frames(codes, per, j - context + 1, j + 1)
-        c0 = clock()
-        audio = model.decode(window, seed=seed)[..., fs : 2 * fs]
-        run.calls.append((j * fd, clock() - c0, audio.shape[-1]))
-        parts.append(audio)
-        run.audio_s = (j + 1) * fd
-        if budget.spent(run) and j + 1 < n:
-            run.truncated = True
-            break
-    run.output = torch.cat(parts, dim=-1) if parts else torch.zeros(1, 1, 0)
+
+    def window(j: int) -> torch.Tensor:
+        return model.decode(slice_frames(codes, per, j - context + 1, j + 1), seed=seed)[..., fs : 2 * fs]
+
+    run.output = _per_frame(run, n, fd, window, clock, budget, first=context - 1)
     # window j-context+1..j keeps its second frame, j-context+2: the first output is frame 1
     run.covered = (fs, fs + run.output.shape[-1])
     return run
@@ -221,17 +231,11 @@ def decode_naive(model, codes, clock: Clock, budget: Budget, seed: int | None = 
     per = codes_per_frame_level(model)
     n = n_frames(codes)
     run = Run("naive chunks", "decode", "frame", 1000 * fd)
-    parts = []
-    for j in range(n):
-        c0 = clock()
-        audio = model.decode(slice_frames(codes, per, j, j + 1), seed=seed)
-        run.calls.append((j * fd, clock() - c0, audio.shape[-1]))
-        parts.append(audio)
-        run.audio_s = (j + 1) * fd
-        if budget.spent(run) and j + 1 < n:
-            run.truncated = True
-            break
-    run.output = torch.cat(parts, dim=-1)
+
+    def alone(j: int) -> torch.Tensor:
+        return model.decode(slice_frames(codes, per, j, j + 1), seed=seed)
+
+    run.output = _per_frame(run, n, fd, alone, clock, budget)
     run.covered = (0, run.output.shape[-1])
     return run
 
