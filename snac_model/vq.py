@@ -96,10 +96,6 @@ class VectorQuantize(nn.Module):
             self.out_proj.bias,
         )
 
-    def nearest(self, z_e: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest L2-normalised codeword: ``z_e [B, d, T]`` -> ``[B, T]``."""
-        return nearest(z_e, self.tables())
-
     def decode_code(self, indices: torch.Tensor) -> torch.Tensor:
         """``[B, T]`` -> codewords ``[B, codebook_dim, T]``."""
         return F.embedding(indices, self.codebook.weight).transpose(1, 2)

@@ -94,6 +94,13 @@ class ConvTranspose1d(StreamOp):
     """Transposed conv with kernel ``2*stride`` (SNAC's upsampler), streamed by overlap-add."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int):
+        c_in, c_out, k = self._set_shape(weight, stride, padding)
+        # [C_out * 2s, C_in]: one matmul turns a frame into its 2s output positions
+        self.matrix = weight.reshape(c_in, c_out * k).t().contiguous()
+        self.bias = None if bias is None else bias.reshape(1, c_out, 1)
+
+    def _set_shape(self, weight: torch.Tensor, stride: int, padding: int) -> tuple[int, int, int]:
+        """Check kernel == 2 * stride, set stride, padding and channel counts; ``(C_in, C_out, k)``."""
         c_in, c_out, k = weight.shape
         if k != 2 * stride:
             raise ValueError(
@@ -101,9 +108,7 @@ class ConvTranspose1d(StreamOp):
             )
         self.stride, self.padding = stride, padding
         self.in_channels, self.out_channels = c_in, c_out
-        # [C_out * 2s, C_in]: one matmul turns a frame into its 2s output positions
-        self.matrix = weight.reshape(c_in, c_out * k).t().contiguous()
-        self.bias = None if bias is None else bias.reshape(1, c_out, 1)
+        return c_in, c_out, k
 
     def init_state(self, batch, device, dtype):
         return ConvTransposeState(

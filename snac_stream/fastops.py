@@ -268,13 +268,8 @@ class TCConvTranspose(ConvTranspose1d):
     folded into the first half (every output row has exactly one first-half term)."""
 
     def __init__(self, weight, bias, stride, padding, dtype=None):
-        c_in, c_out, k = weight.shape
-        if k != 2 * stride:
-            raise ValueError(
-                f"streamed transposed conv needs kernel 2*stride, got kernel {k}, stride {stride}"
-            )
-        self.stride, self.padding = stride, padding
-        self.in_channels, self.out_channels = c_in, c_out
+        # not super().__init__: its [C_out*2s, C_in] matrix copy is not used here
+        c_in, c_out, k = self._set_shape(weight, stride, padding)
         matrix = weight.permute(2, 1, 0).reshape(k * c_out, c_in)  # row p*C_out + c: output position p
         folded = None
         if bias is not None:

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import native
+
 PACK_MIN_WEIGHTS = 0  # fp32 weights with at least this many elements are pre-packed (all: never slower)
 
 
@@ -77,8 +79,6 @@ def _native_for(x: torch.Tensor, *params: torch.Tensor):
     for p in params:
         if p.shape != (x.shape[2],) or p.dtype != torch.float32 or not p.is_contiguous():
             return None
-    from . import native
-
     return native.load()
 
 

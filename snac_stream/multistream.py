@@ -151,14 +151,15 @@ class _MultiStream:
         if layers is None:
             layers = build_fast(getattr(model, self.part), gemm_dtype, compile)
         self.layers = layers
-        self._options = {"threads": threads, "max_batch": max_batch}
         self.streams: dict[Hashable, _Stream] = {}
         self.stats = MultiStreamStats()
         self._lock = threading.Lock()
 
     def sibling(self):
         """A new engine with no streams, the same model and options, sharing this one's layers."""
-        return type(self)(self.model, self.max_streams, layers=self.layers, **self._options)
+        return type(self)(
+            self.model, self.max_streams, threads=self.threads, max_batch=self.max_batch, layers=self.layers
+        )
 
     def __contains__(self, stream_id) -> bool:
         return stream_id in self.streams
