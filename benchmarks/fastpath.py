@@ -18,7 +18,10 @@ on the published 24 and 32 kHz architectures with seeded random weights (the ref
    :class:`~snac_stream.batcher.BatcherPool`); throughput of 8 batched streams against
    stepping them one by one with the same workers;
 4. opt-ins: bf16 GEMMs (speed, deviation, code agreement), ``torch.compile`` (``--compile``),
-   and the reference stream operators (``fast=False``) as the before-picture.
+   and the reference stream operators (``fast=False``) as the before-picture;
+5. where a 24 kHz hop's time goes, one stream and 8 batched (:mod:`benchmarks.profile_hop`:
+   GEMMs by shape with GFLOP/s, Snake passes, the rest), this core's GEMM peak, and the
+   ceiling on the batched gain that follows from them.
 
 Every timing covers all work of a step (validation, embedding, noise, layers). The
 allocator setting (``mallopt`` at start unless ``--malloc default``; ``MALLOC_*`` variables
@@ -44,6 +47,8 @@ import snac_model
 from snac_stream import StreamingDecoder, StreamingEncoder, kernels
 from snac_stream.batcher import default_workers
 from snac_stream.multistream import MultiStreamDecoder, MultiStreamEncoder
+
+from .profile_hop import print_profile, profile_section
 
 
 # ---------------------------------------------------------------- helpers
@@ -476,6 +481,8 @@ def print_report(r: dict) -> None:
             f"   torch.compile: first two hops {o['compile_first_hops_s']:.1f} s (compiling), decode p50 "
             f"{o['compile_decode_p50_ms']:.1f} ms, max |dev| {o['compile_decode_max_abs_dev']:.1e}"
         )
+    print("\n5. where a hop's time goes (1 thread)")
+    print_profile(r["profile"])
     print(f"\ntotal {r['seconds']:.0f} s; load at end {r['loadavg_end']}")
 
 
@@ -505,6 +512,7 @@ def main(argv: list[str] | None = None) -> dict:
     steps, max_n = (6, 16) if args.quick else (12, 20)
     r["streams"] = streams_section(steps, args.threads, max_n, args.workers)
     r["options"] = options_section(4.0 if args.quick else 8.0, args.compile)
+    r["profile"] = profile_section("24khz", 8, 10 if args.quick else 40)
     r["seconds"] = time.perf_counter() - start
     r["loadavg_end"] = list(os.getloadavg())
     print_report(r)

@@ -57,7 +57,7 @@ def snake(
         native.snake(x, alpha, inv_alpha, out)
         return out
     out = torch.mul(x, alpha) if out is None else torch.mul(x, alpha, out=out)
-    if out.dtype == torch.float32 and out.numel() >= 256:
+    if out.dtype == torch.float32 and out.device.type == "cpu" and out.numel() >= 256:
         a = out.numpy()  # shares memory; no copy
         np.sin(a, out=a)
     else:
@@ -175,8 +175,8 @@ def _onednn_linear() -> bool:
 class Linear:
     """``x [..., K] -> x @ weight.T + bias  [..., M]`` (a 1x1 conv in time-major layout).
 
-    fp32 weights of at least :data:`PACK_MIN_WEIGHTS` elements, and all bf16 weights, are
-    pre-packed for oneDNN once; everything else (float64 included) uses ``F.linear`` (MKL).
+    fp32 weights of at least :data:`PACK_MIN_WEIGHTS` elements, and all bf16 weights, on the
+    CPU are pre-packed for oneDNN once; everything else (float64, other devices) uses ``F.linear``.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool | None = None):
@@ -188,7 +188,8 @@ class Linear:
                 weight.dtype == torch.float32 and weight.numel() >= PACK_MIN_WEIGHTS
             )
         self.packed = None
-        if pack and weight.dtype in (torch.float32, torch.bfloat16) and _onednn_linear():
+        cpu = weight.device.type == "cpu"
+        if pack and cpu and weight.dtype in (torch.float32, torch.bfloat16) and _onednn_linear():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, 8)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,17 @@ def test_snake_float32_numpy_sine_is_within_rounding():
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
 
 
+def test_kernels_keep_tensors_off_the_cpu_away_from_numpy_and_c():
+    # 'meta' stands in for CUDA: same dispatch (not CPU), no data; NumPy or the C kernels would raise
+    x, alpha = torch.empty(1, 300, 64, device="meta"), torch.empty(64, device="meta")
+    assert kernels.snake(x, alpha, alpha).shape == x.shape
+    u, taps = torch.empty(2, 40, 64, device="meta"), torch.empty(7, 64, device="meta")
+    y = kernels.dw_snake(u, taps, alpha, alpha, alpha, 3, 22)
+    assert y.shape == (2, 22, 64) and y.device.type == "meta"
+    linear = kernels.Linear(torch.empty(8, 64, device="meta"), None)  # oneDNN packing is CPU-only
+    assert linear.packed is None and linear(torch.empty(3, 64, device="meta")).shape == (3, 8)
+
+
 @given(
     channels=st.integers(1, 9),
     n_out=st.integers(1, 20),
