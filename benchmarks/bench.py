@@ -261,9 +261,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
     malloc_tuned = False
     if args.tune_malloc:
-        from .bench_common import tune_malloc
+        from snac_stream.kernels import tune_allocator
 
-        malloc_tuned = tune_malloc()
+        malloc_tuned = tune_allocator()
         if not malloc_tuned:
             err.print("[yellow]warning: --tune-malloc: mallopt not available (not glibc?)[/yellow]")
     if cfg.model == DEFAULT_MODEL:

@@ -5,11 +5,9 @@ Everything here is cheap to import except through the functions that need torch.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Sequence
 
@@ -27,12 +25,6 @@ ALLOCATOR_ENV = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
 )
-
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-TUNED_TRIM_THRESHOLD = 68719476736  # as in DESIGN.md section 6 (64 GiB: never trim)
-
 
 # ----------------------------------------------------------------------------- signal
 
@@ -160,19 +152,6 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------- machine
-
-
-def tune_malloc() -> bool:
-    """glibc: no mmap for large blocks, never trim (DESIGN.md section 6). True if applied."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1
-        ok &= libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(min(TUNED_TRIM_THRESHOLD, 2**31 - 1))) == 1
-        return bool(ok)
-    except (OSError, AttributeError):
-        return False
 
 
 def cpu_model() -> str:

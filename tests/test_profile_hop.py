@@ -13,20 +13,6 @@ import snac_model
 from benchmarks.profile_hop import HopProfiler, hop_inputs, main, profile_hops
 from snac_stream import StreamingDecoder, kernels
 
-SMALL = dict(
-    sampling_rate=8000,
-    encoder_dim=4,
-    encoder_rates=[2, 3],
-    decoder_dim=32,
-    decoder_rates=[3, 2],
-    attn_window_size=None,
-    codebook_size=16,
-    codebook_dim=4,
-    vq_strides=[2, 1],
-    noise=True,
-    depthwise=True,
-)
-
 
 def decoder_gemm_flops_per_hop(cfg: dict) -> int:
     """GEMM FLOPs of one coarse frame through a depthwise, noisy, attention-free SNAC decoder."""
@@ -42,9 +28,10 @@ def decoder_gemm_flops_per_hop(cfg: dict) -> int:
     return flops + 2 * (frames + 6) * c_out * 7
 
 
-def test_gemm_flops_match_the_architecture_single_and_batched():
-    model = build_model(SMALL, torch.float32)
-    want = decoder_gemm_flops_per_hop(SMALL) / 1e6
+def test_gemm_flops_match_the_architecture_single_and_batched(small_config):
+    cfg = small_config("plain", noise=True)
+    model = build_model(cfg, torch.float32)
+    want = decoder_gemm_flops_per_hop(cfg) / 1e6
     single = profile_hops(model, "decode", 1, hops=3)
     batched = profile_hops(model, "decode", 3, hops=2)
     assert abs(single["gemm_mflop"] - want) < 1e-9 * want
@@ -55,8 +42,8 @@ def test_gemm_flops_match_the_architecture_single_and_batched():
         assert abs(sum(g["ms"] for g in r["gemm"].values()) - r["gemm_ms"]) < 1e-9
 
 
-def test_profiling_changes_no_output_and_restores_the_kernels():
-    model = build_model(SMALL, torch.float32)
+def test_profiling_changes_no_output_and_restores_the_kernels(small_config):
+    model = build_model(small_config("plain", noise=True), torch.float32)
     originals = (kernels.Linear.__call__, kernels.snake, kernels.dw_snake)
     frames = hop_inputs(model, "decode", 5)
     plain, profiled = StreamingDecoder(model, seed=3), StreamingDecoder(model, seed=3)
