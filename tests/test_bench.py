@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_bench_quick_writes_json_table_and_plot(tmp_path):
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
     threads = os.environ.get("SNAC_TEST_THREADS", "1")
     cmd = [sys.executable, "-m", "snac_stream.cli", "bench", "--quick", "--threads", threads]
-    cmd += ["--streams", "2", "--json", str(out_json), "--plot", str(out_png)]
+    cmd += ["--streams", "2", "--tune-malloc", "--json", str(out_json), "--plot", str(out_png)]
     env = {**os.environ, "COLUMNS": "150", "MPLBACKEND": "Agg"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -85,6 +86,7 @@ def test_bench_quick_writes_json_table_and_plot(tmp_path):
         assert key in machine, key
     assert machine["device"] == "cpu" and machine["threads"] == int(threads)
     assert isinstance(machine["allocator"]["summary"], str) and machine["allocator"]["summary"]
+    assert machine["allocator"]["mallopt_applied"] is (platform.libc_ver()[0] == "glibc")
     model = result["model"]
     assert model["spec"] == "random:24khz" and model["random_weights"] is True
     assert model["config"]["sampling_rate"] == model["sample_rate"] == 24000
