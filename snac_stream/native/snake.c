@@ -2,17 +2,24 @@
  *
  * Layout: rows of C contiguous channels ([B, T, C] row-major). Snake is
  *     snake(y) = y + inv_alpha[c] * sin(alpha[c] * y)^2,   inv_alpha = 1 / (alpha + 1e-9).
- * sin^2 has period pi: t is reduced in double (t - k*pi, k = nearest integer to t/pi, exact
- * to ~1e-9 for |t| < 1e6) to r in [-pi/2, pi/2], then sin(r) is an odd polynomial in float
- * (max error 1.2e-7, about one float ulp of 1). The loops over channels vectorise.
+ * sin^2 has period pi: t is reduced to r = t - k*pi in [-pi/2, pi/2] (k = nearest integer to
+ * t/pi) in float, Cody-Waite with pi split in three floats and fused multiply-adds: the first
+ * step is exact (t and k*PI_A are multiples of the same power of two, their difference is
+ * small), so r is within half a float ulp for |t| < 1e5 and sin^2 within 2.7e-7 up to 1e6 (a
+ * double-precision reduction measured the same; 25% slower). Then sin(r) is an odd polynomial in
+ * float (max error 1.2e-7, about one float ulp of 1). The loops over channels vectorise.
  */
 #include <math.h>
 #include <stddef.h>
 
 static inline float sin_reduced(float t) {
-    const double inv_pi = 0.31830988618379067154, pi = 3.14159265358979323846;
-    double k = nearbyint((double)t * inv_pi);
-    float r = (float)((double)t - k * pi);
+    const float inv_pi = 0.318309886183790671538f;
+    const float pi_a = 3.14159274101257324219f;  /* float(pi); pi_a + pi_b + pi_c = pi to 2e-23 */
+    const float pi_b = -8.742277657347586e-08f, pi_c = -3.4302490200117637e-15f;
+    float k = nearbyintf(t * inv_pi);
+    float r = fmaf(-k, pi_a, t);
+    r = fmaf(-k, pi_b, r);
+    r = fmaf(-k, pi_c, r);
     float r2 = r * r;
     float p = -2.3841987646222358e-08f;
     p = p * r2 + 2.752230335801002e-06f;
