@@ -1,6 +1,6 @@
 """Where a streaming hop's time goes: a per-operator profile, one stream and a batch.
 
-``python -m benchmarks.profile_hop [--model 24khz] [--batch 8] [--hops 30] [--json FILE]``
+``python -m benchmarks.profile_hop [--model 24khz] [--batch 8] [--hops 30] [--json FILE] [--malloc default]``
 steps the fast-path decoder and encoder one coarse frame at a time on one thread, once for
 a single stream (:class:`~snac_stream.StreamingDecoder` / ``StreamingEncoder``, how
 streams run one by one) and once for ``--batch`` streams in one multi-stream engine (each
@@ -245,10 +245,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=8, help="streams in the batched engine (default 8)")
     p.add_argument("--hops", type=int, default=30, help="hops timed for one stream (default 30)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument(
+        "--malloc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="glibc allocator as the streaming engines run (tuned, the default) or as it comes",
+    )
     args = p.parse_args(argv)
     if args.batch < 2 or args.hops < 1:
         p.error("--batch must be at least 2 and --hops at least 1")
-    kernels.tune_allocator()
+    if args.malloc == "tuned":
+        kernels.tune_allocator()
     result = profile_section(args.model, args.batch, args.hops)
     print_profile(result)
     if args.json:

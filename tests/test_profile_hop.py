@@ -60,7 +60,7 @@ def test_profiling_changes_no_output_and_restores_the_kernels(small_config):
 
 def test_cli_profiles_the_published_24khz_decoder(tmp_path, capsys):
     out = tmp_path / "profile.json"
-    result = main(["--batch", "2", "--hops", "2", "--json", str(out)])
+    result = main(["--batch", "2", "--hops", "2", "--malloc", "default", "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     want = decoder_gemm_flops_per_hop(snac_model.PUBLISHED_CONFIGS["24khz"]) / 1e6
     assert abs(result["decode"]["single"]["gemm_mflop"] - want) < 1e-9 * want

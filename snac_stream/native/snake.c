@@ -4,7 +4,7 @@
  *     snake(y) = y + inv_alpha[c] * sin(alpha[c] * y)^2,   inv_alpha = 1 / (alpha + 1e-9).
  * sin^2 has period pi: t is reduced to r = t - k*pi in [-pi/2, pi/2] (k = nearest integer to
  * t/pi) in float, Cody-Waite with pi split in three floats and fused multiply-adds: the first
- * step is exact (t and k*PI_A are multiples of the same power of two, their difference is
+ * step is exact (t and k*pi_a are multiples of the same power of two, their difference is
  * small), so r is within half a float ulp for |t| < 1e5 and sin^2 within 2.7e-7 up to 1e6 (a
  * double-precision reduction measured the same; 25% slower). Then sin(r) is an odd polynomial in
  * float (max error 1.2e-7, about one float ulp of 1). The loops over channels vectorise.
