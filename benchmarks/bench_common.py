@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Sequence
 
@@ -25,6 +26,22 @@ ALLOCATOR_ENV = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
 )
+
+# ----------------------------------------------------------------------------- process
+
+
+def rerun_with_huge_pages(module: str, argv: Sequence[str]) -> None:
+    """Re-execute ``python -m module argv`` with torch's huge-page allocation on (as the
+    ``snac-stream`` commands run; torch reads the variable only when it loads), unless it is
+    already set. Returns only when nothing had to be done."""
+    from snac_stream.cli import HUGE_PAGES_ENV
+
+    if HUGE_PAGES_ENV in os.environ:
+        return
+    os.environ[HUGE_PAGES_ENV] = "1"
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", module, *argv])
+
 
 # ----------------------------------------------------------------------------- signal
 

@@ -24,8 +24,9 @@ on the published 24 and 32 kHz architectures with seeded random weights (the ref
    ceiling on the batched gain that follows from them.
 
 Every timing covers all work of a step (validation, embedding, noise, layers). The
-allocator setting (``mallopt`` at start unless ``--malloc default``; ``MALLOC_*`` variables
-honoured) holds for ours and the "tuned" reference alike.
+allocator setting (``mallopt`` at start, and torch's huge pages for large buffers as the
+``snac-stream`` commands run, unless ``--malloc default``; ``MALLOC_*`` variables honoured)
+holds for ours and the "tuned" reference alike.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import multiprocessing
 import os
 import queue
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -46,8 +48,10 @@ import torch
 import snac_model
 from snac_stream import StreamingDecoder, StreamingEncoder, kernels
 from snac_stream.batcher import default_workers
+from snac_stream.cli import HUGE_PAGES_ENV
 from snac_stream.multistream import MultiStreamDecoder, MultiStreamEncoder
 
+from .bench_common import rerun_with_huge_pages
 from .profile_hop import print_profile, profile_section
 
 
@@ -131,9 +135,10 @@ def reference_rtf(name: str, seconds: float, repeats: int) -> dict:
 
 
 def reference_rtf_as_shipped(name: str, seconds: float, repeats: int) -> dict:
-    """:func:`reference_rtf` in a fresh process with glibc's default allocator settings (no
-    ``mallopt``, ``MALLOC_*`` variables removed): the reference as its users run it."""
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MALLOC_")}
+    """:func:`reference_rtf` in a fresh process with the allocator as it comes (no ``mallopt``,
+    ``MALLOC_*`` variables and torch's huge-page switch removed): the reference as its users run it."""
+    drop = [k for k in os.environ if k.startswith("MALLOC_") or k == HUGE_PAGES_ENV]
+    saved = {k: os.environ.pop(k) for k in drop}
     try:
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             return pool.apply(reference_rtf, (name, seconds, repeats))
@@ -507,6 +512,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cores, single-thread hops ran ~30%% slower here for a few seconds",
     )
     args = p.parse_args(argv)
+    if args.malloc == "tuned" and argv is None:
+        rerun_with_huge_pages("benchmarks.fastpath", sys.argv[1:])
     tuned = kernels.tune_allocator() if args.malloc == "tuned" else False
     start = time.perf_counter()
     r: dict = {"machine": machine(args.malloc, tuned), "threads": args.threads, "quick": args.quick}

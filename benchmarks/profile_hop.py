@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -32,6 +33,8 @@ import snac_model
 from snac_stream import StreamingDecoder, StreamingEncoder, kernels
 from snac_stream.latency import decoder_latency, encoder_latency
 from snac_stream.multistream import MultiStreamDecoder, MultiStreamEncoder
+
+from .bench_common import rerun_with_huge_pages
 
 
 class HopProfiler:
@@ -249,12 +252,15 @@ def main(argv: list[str] | None = None) -> dict:
         "--malloc",
         choices=("tuned", "default"),
         default="tuned",
-        help="glibc allocator as the streaming engines run (tuned, the default) or as it comes",
+        help="allocator as the snac-stream commands run it (tuned: mallopt and huge pages; the "
+        "default) or as it comes",
     )
     args = p.parse_args(argv)
     if args.batch < 2 or args.hops < 1:
         p.error("--batch must be at least 2 and --hops at least 1")
     if args.malloc == "tuned":
+        if argv is None:
+            rerun_with_huge_pages("benchmarks.profile_hop", sys.argv[1:])
         kernels.tune_allocator()
     result = profile_section(args.model, args.batch, args.hops)
     print_profile(result)
