@@ -47,11 +47,18 @@ class HopProfiler:
         self.seconds: dict[str, float] = defaultdict(float)
         self.flops: dict[str, float] = defaultdict(float)
         self._saved: list[tuple[object, str, Callable]] = []
+        self._depth = 0
 
     def _timed(self, fn: Callable, key: Callable[..., str], flops: Callable[..., float] | None):
         def wrapper(*args, **kwargs):
+            if self._depth:  # inside another timed call (the fallback dw+snake calls snake)
+                return fn(*args, **kwargs)
+            self._depth += 1
             start = time.perf_counter()
-            out = fn(*args, **kwargs)
+            try:
+                out = fn(*args, **kwargs)
+            finally:
+                self._depth -= 1
             k = key(*args)
             self.seconds[k] += time.perf_counter() - start
             if flops is not None:

@@ -69,3 +69,12 @@ def test_cli_profiles_the_published_24khz_decoder(tmp_path, capsys):
         m = result[mode]
         assert m["batched"]["batch"] == 2 and m["gain_ceiling"] > 0
     assert "ceiling" in capsys.readouterr().out
+
+
+def test_nested_kernel_calls_are_counted_once():
+    # float64 takes the torch passes, where dw_snake calls snake: time it as dw+snake only
+    u, taps = torch.randn(1, 20, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    alpha = torch.rand(4, dtype=torch.float64) + 0.5
+    with HopProfiler() as prof:
+        kernels.dw_snake(u, taps, None, alpha, 1 / alpha, 2, 16)
+    assert set(prof.seconds) == {"dw+snake"}
