@@ -1,6 +1,6 @@
-"""Huge pages for the weights: the ``snac-stream`` commands switch torch's huge-page
-allocation on before torch loads, and with it a streaming engine's weights really end up in
-transparent huge pages (checked in /proc, in a fresh process)."""
+"""Huge pages for the weights: the ``snac-stream`` command switches torch's huge-page
+allocation on (unless the user chose otherwise), and with it the weights really end up in
+transparent huge pages (checked in /proc, in fresh processes)."""
 
 from __future__ import annotations
 
@@ -14,36 +14,52 @@ import pytest
 from snac_stream import cli
 
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+THP_ON = THP_SETTING.exists() and "[never]" not in THP_SETTING.read_text()
 
-PROBE = """
-import re
-from snac_model import random_model
-from snac_stream import StreamingDecoder, kernels
+PROBE = r"""
+import os, re, sys
+from snac_stream import cli
 
-kernels.tune_allocator()
-decoder = StreamingDecoder(random_model("24khz"))
+if sys.argv[1] == "cli":  # as the snac-stream command runs (it sets the switch itself)
+    cli.main(["info", "random:24khz"])
+else:  # a library user who set the switch
+    from snac_model import random_model
+    from snac_stream import StreamingDecoder, kernels
+
+    kernels.tune_allocator()
+    decoder = StreamingDecoder(random_model("24khz"))
 smaps = open("/proc/self/smaps_rollup").read()
-print(int(re.search(r"AnonHugePages:\\s+(\\d+) kB", smaps).group(1)))
+print(os.environ.get(cli.HUGE_PAGES_ENV), re.search(r"AnonHugePages:\s+(\d+) kB", smaps).group(1))
 """
 
 
-def test_cli_switches_huge_pages_on_unless_told_otherwise(monkeypatch, capsys):
-    monkeypatch.delenv(cli.HUGE_PAGES_ENV, raising=False)
-    assert cli.main(["info", "random:24khz"]) == 0
-    assert os.environ[cli.HUGE_PAGES_ENV] == "1"
-    monkeypatch.setenv(cli.HUGE_PAGES_ENV, "0")  # a user's own choice stands
+def probe(how: str, switch: str | None) -> tuple[str, int]:
+    """(the switch as the process ended, KiB in huge pages) of a fresh process."""
+    env = {k: v for k, v in os.environ.items() if k != cli.HUGE_PAGES_ENV}
+    if switch is not None:
+        env[cli.HUGE_PAGES_ENV] = switch
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, how], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    value, huge_kib = out.stdout.split()[-2:]
+    return value, int(huge_kib)
+
+
+def test_cli_keeps_a_users_own_choice(monkeypatch, capsys):
+    monkeypatch.setenv(cli.HUGE_PAGES_ENV, "0")
     assert cli.main(["info", "random:24khz"]) == 0
     assert os.environ[cli.HUGE_PAGES_ENV] == "0"
     capsys.readouterr()
 
 
-@pytest.mark.skipif(
-    not THP_SETTING.exists() or "[never]" in THP_SETTING.read_text(),
-    reason="transparent huge pages are off on this kernel",
-)
-def test_weights_land_in_huge_pages_when_switched_on():
-    env = {**os.environ, cli.HUGE_PAGES_ENV: "1"}
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    huge_kib = int(out.stdout.split()[-1])
-    assert huge_kib >= 32 * 1024, huge_kib  # the 24 kHz decoder alone holds ~52 MB of weights
+@pytest.mark.skipif(not THP_ON, reason="transparent huge pages are off on this kernel")
+def test_the_cli_puts_the_weights_in_huge_pages():
+    switch, huge_kib = probe("cli", None)
+    assert switch == "1" and huge_kib >= 32 * 1024, (switch, huge_kib)  # the 24 kHz model: ~80 MB
+
+
+@pytest.mark.skipif(not THP_ON, reason="transparent huge pages are off on this kernel")
+def test_a_library_user_gets_them_with_the_switch():
+    switch, huge_kib = probe("library", "1")
+    assert switch == "1" and huge_kib >= 32 * 1024, huge_kib  # the 24 kHz decoder holds ~52 MB
