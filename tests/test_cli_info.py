@@ -36,6 +36,7 @@ def test_info_json_random_24khz(capsys):
 
     built = native.load()
     assert info["native_kernels"] == (None if built is None else str(built.path))
+    assert info["huge_pages"] is (os.environ.get("THP_MEM_ALLOC_ENABLE") == "1")
     assert round(info["bitrate_kbps"], 3) == 0.984
     assert info["attn_window_size"] is None
     assert 19.5e6 < info["parameters"] < 20.1e6

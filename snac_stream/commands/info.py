@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+from snac_stream.cli import HUGE_PAGES_ENV
 
 HELP = "print a model's rates, bitrate, latency and size"
 
@@ -51,6 +54,7 @@ def model_info(model, spec: str) -> dict:
 
     kernels = native.load()  # the streaming fast path's fused Snake kernels, if built here
     info["native_kernels"] = None if kernels is None else str(kernels.path)
+    info["huge_pages"] = os.environ.get(HUGE_PAGES_ENV) == "1"  # weights in huge pages (see cli)
     return info
 
 
@@ -84,6 +88,12 @@ def format_table(info: dict) -> str:
             "NumPy/torch passes (no C compiler, or SNAC_STREAM_NATIVE=0)"
             if info["native_kernels"] is None
             else f"native C ({info['native_kernels']})",
+        ),
+        (
+            "huge pages",
+            f"on ({HUGE_PAGES_ENV}=1: weights in transparent huge pages)"
+            if info["huge_pages"]
+            else f"off ({HUGE_PAGES_ENV} is not 1)",
         ),
     ]
     width = max(len(name) for name, _ in rows)
