@@ -38,6 +38,7 @@ import multiprocessing
 import os
 import queue
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -56,23 +57,19 @@ from .profile_hop import print_profile, profile_section
 
 
 # ---------------------------------------------------------------- helpers
-def _spin() -> None:
-    while True:
-        pass
-
-
 class BusyCore:
-    """Context manager: one process spinning on a core for the duration."""
+    """Context manager: another process spinning on a core for the duration (a fresh
+    interpreter, not a fork: a forked child would make this process pay copy-on-write faults
+    on its next writes, which a busy core does not cause)."""
 
     def __enter__(self):
-        self.proc = multiprocessing.get_context("fork").Process(target=_spin, daemon=True)
-        self.proc.start()
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         time.sleep(0.3)
         return self
 
     def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.join()
+        self.proc.kill()
+        self.proc.wait()
 
 
 def signal(sample_rate: int, seconds: float, seed: int = 0) -> torch.Tensor:
