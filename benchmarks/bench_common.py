@@ -92,6 +92,12 @@ def n_frames(codes: Sequence[torch.Tensor]) -> int:
     return int(codes[0].shape[-1])
 
 
+def frames_of(model, codes: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Codes split into coarse frames (one streaming hop each)."""
+    per = codes_per_frame_level(model)
+    return [slice_frames(codes, per, j, j + 1) for j in range(n_frames(codes))]
+
+
 # ----------------------------------------------------------------------------- models
 
 

@@ -52,7 +52,7 @@ from snac_stream.batcher import default_workers
 from snac_stream.cli import HUGE_PAGES_ENV
 from snac_stream.multistream import MultiStreamDecoder, MultiStreamEncoder
 
-from .bench_common import rerun_with_huge_pages
+from .bench_common import frames_of, rerun_with_huge_pages
 from .profile_hop import print_profile, profile_section
 
 
@@ -79,15 +79,6 @@ def signal(sample_rate: int, seconds: float, seed: int = 0) -> torch.Tensor:
     x = sum(0.2 / (k + 1) * torch.sin(2 * torch.pi * (220 * (k + 1) + 30 * k * t) * t) for k in range(4))
     x = x + 0.02 * torch.randn(t.shape, generator=gen, dtype=torch.float64)
     return x.float().view(1, 1, -1)
-
-
-def frames_of(model, codes: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    """Codes split into coarse frames (one hop each)."""
-    s0 = model.vq_strides[0]
-    per = [s0 // s for s in model.vq_strides]
-    return [
-        [c[:, j * p : (j + 1) * p] for c, p in zip(codes, per, strict=True)] for j in range(codes[0].shape[1])
-    ]
 
 
 def timed(fn: Callable[[], object], repeats: int = 1) -> float:

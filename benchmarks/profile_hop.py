@@ -34,7 +34,7 @@ from snac_stream import StreamingDecoder, StreamingEncoder, kernels
 from snac_stream.latency import decoder_latency, encoder_latency
 from snac_stream.multistream import MultiStreamDecoder, MultiStreamEncoder
 
-from .bench_common import rerun_with_huge_pages
+from .bench_common import frames_of, rerun_with_huge_pages
 
 
 class HopProfiler:
@@ -122,9 +122,7 @@ def hop_inputs(model, mode: str, hops: int) -> list:
     chunks = list(audio.split(model.frame_size, dim=-1))
     if mode == "encode":
         return chunks
-    codes = model.encode(audio)
-    per = [model.vq_strides[0] // s for s in model.vq_strides]
-    return [[c[:, j * p : (j + 1) * p] for c, p in zip(codes, per, strict=True)] for j in range(hops)]
+    return frames_of(model, model.encode(audio))
 
 
 def stepper(model, mode: str, batch: int) -> Callable[[object], object]:

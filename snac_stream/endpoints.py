@@ -32,7 +32,6 @@ seconds per second with ``model_burst`` seconds of burst (exceeded: 4023 RATE_LI
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import secrets
 import time
@@ -58,6 +57,7 @@ from .packets import (
     split_codes,
 )
 from .receiver import CodeReceiver, DecodeSession
+from .server import run_in
 
 __all__ = [
     "PCM_FORMATS",
@@ -162,8 +162,7 @@ class ModelEndpoints:
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``await fn(*args, **kwargs)`` in this endpoint's session threads."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        return await run_in(self.executor, fn, *args, **kwargs)
 
     # -- shared ---------------------------------------------------------------------------
 

@@ -135,6 +135,12 @@ Handler = Callable[[ServerConnection, RouteRequest], Awaitable[None]]
 HttpHandler = Callable[[RouteRequest], tuple[int, Any]]
 
 
+async def run_in(executor: concurrent.futures.Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``await fn(*args, **kwargs)`` in ``executor``'s threads (never on the event loop)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, functools.partial(fn, *args, **kwargs))
+
+
 class Server:
     """Owns the config, the router, the relay, the counters and the listening socket."""
 
@@ -189,8 +195,7 @@ class Server:
 
     async def run_in_executor(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``await fn(*args, **kwargs)`` in :attr:`executor`."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        return await run_in(self.executor, fn, *args, **kwargs)
 
     def match(self, path: str) -> tuple[str, Handler] | None:
         """The longest registered prefix of ``path`` and its handler."""
