@@ -34,7 +34,7 @@ def rerun_with_huge_pages(module: str, argv: Sequence[str]) -> None:
     """Re-execute ``python -m module argv`` with torch's huge-page allocation on (as the
     ``snac-stream`` commands run; torch reads the variable only when it loads), unless it is
     already set. Returns only when nothing had to be done."""
-    from snac_stream.cli import HUGE_PAGES_ENV
+    from snac_stream.runtime import HUGE_PAGES_ENV
 
     if HUGE_PAGES_ENV in os.environ:
         return

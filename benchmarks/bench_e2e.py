@@ -4,7 +4,7 @@ Per stream: a sender thread plays the audio in real time (sleeps to the audio cl
 ``block`` samples at a time, like an audio callback), pushes it through a
 StreamingEncoder, packs each push's new coarse frames with ``packets.encode_packet`` and
 hands the bytes to the event loop, where ``client.publish`` sends them to the relay
-(``snac_stream.server.Server`` on 127.0.0.1, port 0). ``client.listen`` receives them in
+(``snac_stream.net.server.Server`` on 127.0.0.1, port 0). ``client.listen`` receives them in
 the same loop and queues the codes for a decoder thread (StreamingDecoder, seed 0): no
 inference runs on the event loop thread. Every step is timestamped with one clock
 (``perf_counter``, after a CUDA sync on GPU).
@@ -91,7 +91,7 @@ class _Stream:
     # -- sender thread --------------------------------------------------------------
 
     def sender(self, loop: asyncio.AbstractEventLoop) -> None:
-        from snac_stream.packets import CodePacket, End, encode_packet
+        from snac_stream.protocol.packets import CodePacket, End, encode_packet
 
         log, clock, sr = self.send, self.clock, self.model.sample_rate
         seq = frame = 0
@@ -136,7 +136,7 @@ class _Stream:
             loop.call_soon_threadsafe(self.out_q.put_nowait, None)
 
     async def packets(self):
-        from snac_stream.packets import Hello, encode_packet
+        from snac_stream.protocol.packets import Hello, encode_packet
 
         hello = encode_packet(Hello(self.info, self.index))
         self.send.packets.append(len(hello))
@@ -150,8 +150,8 @@ class _Stream:
     # -- listener ---------------------------------------------------------------------
 
     async def listen(self, url: str) -> None:
-        from snac_stream.client import listen, room_url
-        from snac_stream.packets import CodePacket, End, ErrorPacket
+        from snac_stream.net.client import listen, room_url
+        from snac_stream.protocol.packets import CodePacket, End, ErrorPacket
 
         stream = listen(room_url(url, self.room, "listen"), expect_info=self.info)
         seen = 0
@@ -246,9 +246,9 @@ class _Stream:
 
 
 async def _run(model, audio: torch.Tensor, n_streams: int, block: int, device: str, timeout: float) -> dict:
-    from snac_stream.client import publish, room_url
-    from snac_stream.packets import ModelInfo
-    from snac_stream.server import Server, ServerConfig
+    from snac_stream.net.client import publish, room_url
+    from snac_stream.net.server import Server, ServerConfig
+    from snac_stream.protocol.packets import ModelInfo
 
     clock = Clock(device)
     info = ModelInfo.from_model(model)
@@ -317,7 +317,7 @@ async def _until(cond, timeout: float) -> None:
 
 
 def _summarise(streams: list[_Stream], model, audio: torch.Tensor, block: int, wall: float) -> dict:
-    from snac_stream.packets import ModelInfo, wire_overhead, ws_frame_overhead
+    from snac_stream.protocol.packets import ModelInfo, wire_overhead, ws_frame_overhead
 
     sr = model.sample_rate
     audio_s = audio.shape[-1] / sr

@@ -1,7 +1,7 @@
 """Algorithmic latency (lookahead) of the exact mode: analytic, and checked by probes.
 
 The analytic values come from the stream operators' ``need`` functions
-(:mod:`snac_stream.latency`); the probes perturb the offline model's input after a
+(:mod:`snac_stream.engine.latency`); the probes perturb the offline model's input after a
 position and find the first output that changes. A probe over all frame phases gives the
 worst case; ``phases`` probes only the first few phases of a period (a lower bound then,
 flagged ``complete: false``). Probes always run on a CPU copy of the model.
@@ -16,7 +16,7 @@ import numpy as np
 
 
 def analytic(model) -> dict:
-    from snac_stream.latency import decoder_latency, encoder_latency, end_to_end_latency
+    from snac_stream.engine.latency import decoder_latency, encoder_latency, end_to_end_latency
 
     enc, dec, e2e = encoder_latency(model), decoder_latency(model), end_to_end_latency(model)
     return {
@@ -37,7 +37,7 @@ def _encoder_need_near(model, block: int, guess: int, seed: int = 0) -> tuple[in
     Returns (need, verified_at_guess)."""
     import torch
 
-    from snac_stream.latency import probe_encoder_need
+    from snac_stream.engine.latency import probe_encoder_need
 
     s0, fs = model.vq_strides[0], model.frame_size
     period_blocks = math.lcm(s0, model.attn_window_size or 1) // s0
@@ -71,8 +71,7 @@ def probe(model, phases: int | None, progress=None, bracket: bool = False) -> di
     instead of bisecting for it (see :func:`_encoder_need_near`); the decoder probe is
     cheap and always complete. ``progress(fraction)`` is called after each probe.
     """
-    from snac_stream.build import build
-    from snac_stream.latency import probe_decoder_first_changed, probe_encoder_need
+    from snac_stream.engine.latency import _Needs, probe_decoder_first_changed, probe_encoder_need
 
     s0 = model.vq_strides[0]
     window = model.attn_window_size or 1
@@ -89,10 +88,7 @@ def probe(model, phases: int | None, progress=None, bracket: bool = False) -> di
     enc_worst = None
     verified = []
     if bracket:
-        import torch
-
-        with torch.inference_mode():
-            enc_op = build(model.encoder)
+        enc_op = _Needs(model).encoder  # geometry only
     for b in blocks:
         if bracket:
             guess = int(enc_op.need(np.array([(int(b) + 1) * s0 - 1]))[0])
@@ -137,14 +133,12 @@ def probe(model, phases: int | None, progress=None, bracket: bool = False) -> di
 
 def _worst_phases(model, blocks: list[int], ticks: list[int], k: int) -> tuple[list[int], list[int]]:
     """The ``k`` encoder blocks and decoder ticks with the largest analytic latency."""
-    import torch
-
-    from snac_stream.build import build
+    from snac_stream.engine.latency import _Needs
 
     k = max(1, k)
     s0, fs, hop = model.vq_strides[0], model.frame_size, model.decoder_hop
-    with torch.inference_mode():
-        enc, dec = build(model.encoder), build(model.decoder)
+    needs = _Needs(model)  # geometry only
+    enc, dec = needs.encoder, needs.decoder
     b = np.asarray(blocks)
     enc_lat = enc.need((b + 1) * s0 - 1) - b * fs - 1
     n = np.arange(0, (max(ticks) + 4 * (ticks[-1] - ticks[0] + 1) + 64) * hop)

@@ -13,9 +13,9 @@ on the published 24 and 32 kHz architectures with seeded random weights (the ref
 2. per-hop decode compute, p50/p99 (24 kHz, one coarse frame = 85.3 ms of audio), with
    the other core idle and with it busy (a spinning process), 1 and 2 intra-op threads;
 3. concurrent real-time 24 kHz streams one process sustains (mean step time <= one hop),
-   decode and full duplex (encode + decode), batched (:mod:`snac_stream.multistream`)
+   decode and full duplex (encode + decode), batched (:mod:`snac_stream.engine.multistream`)
    and one by one, on 1 worker thread and on ``--workers`` (shards, as the server's
-   :class:`~snac_stream.batcher.BatcherPool`); throughput of 8 batched streams against
+   :class:`~snac_stream.engine.batcher.BatcherPool`); throughput of 8 batched streams against
    stepping them one by one with the same workers;
 4. opt-ins: bf16 GEMMs (speed, deviation, code agreement), ``torch.compile`` (``--compile``),
    and the reference stream operators (``fast=False``) as the before-picture;
@@ -48,9 +48,9 @@ import torch
 
 import snac_model
 from snac_stream import StreamingDecoder, StreamingEncoder, kernels
-from snac_stream.batcher import default_workers
-from snac_stream.cli import HUGE_PAGES_ENV
-from snac_stream.multistream import MultiStreamDecoder, MultiStreamEncoder
+from snac_stream.engine.batcher import default_workers
+from snac_stream.engine.multistream import MultiStreamDecoder, MultiStreamEncoder
+from snac_stream.runtime import HUGE_PAGES_ENV
 
 from .bench_common import frames_of, rerun_with_huge_pages
 from .profile_hop import print_profile, profile_section
@@ -281,7 +281,7 @@ class StreamGroup:
 
 class StreamSet:
     """N 24 kHz streams split over ``workers`` threads (shards, like the server's
-    :class:`~snac_stream.batcher.BatcherPool`), each stepping its share every hop."""
+    :class:`~snac_stream.engine.batcher.BatcherPool`), each stepping its share every hop."""
 
     def __init__(self, model, n: int, batched: bool, mode: str, audio, frames, threads: int, workers=1):
         self.audio, self.frames, self.hop, self.j = audio, frames, model.frame_size, 0

@@ -2,7 +2,7 @@
 
     python -m benchmarks.load --pairs 50 --seconds 30 [--frames-per-packet 1] [--rate 1.0]
 
-The server runs in a subprocess (``python -m snac_stream.server``) so that its memory is
+The server runs in a subprocess (``python -m snac_stream serve``) so that its memory is
 measured alone (psutil, sampled every 50 ms). Each publisher sends a 24 kHz code stream
 (HELLO, CODES of ``--frames-per-packet`` coarse frames paced at ``--rate`` x real time,
 END); its listener decodes every packet and counts with ``ListenStats``. Reported:
@@ -31,8 +31,8 @@ import numpy as np
 import psutil
 import torch
 
-from snac_stream.client import RelayError, listen, publish
-from snac_stream.packets import CodePacket, End, EndReason, Hello, ModelInfo, encode_packet
+from snac_stream.net.client import RelayError, listen, publish
+from snac_stream.protocol.packets import CodePacket, End, EndReason, Hello, ModelInfo, encode_packet
 
 INFO_24K = ModelInfo(24000, 512, (4, 2, 1), 4096, b"loadtest")
 
@@ -118,7 +118,8 @@ async def _start_server(
     cmd = [
         sys.executable,
         "-m",
-        "snac_stream.server",
+        "snac_stream",
+        "serve",
         "--port",
         "0",
         "--log-level",

@@ -31,8 +31,8 @@ import torch
 
 import snac_model
 from snac_stream import StreamingDecoder, StreamingEncoder, kernels
-from snac_stream.latency import decoder_latency, encoder_latency
-from snac_stream.multistream import MultiStreamDecoder, MultiStreamEncoder
+from snac_stream.engine.latency import decoder_latency, encoder_latency
+from snac_stream.engine.multistream import MultiStreamDecoder, MultiStreamEncoder
 
 from .bench_common import frames_of, rerun_with_huge_pages
 

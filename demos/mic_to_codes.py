@@ -7,7 +7,7 @@ Same as ``snac-stream mic``; without a microphone pass ``--input FILE``.
 
 import sys
 
-from snac_stream.cli import main
+from snac_stream.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["mic", *sys.argv[1:]]))

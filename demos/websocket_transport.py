@@ -13,7 +13,7 @@ Same as ``snac-stream demo``. To run the parts on different machines instead::
 
 import sys
 
-from snac_stream.cli import main
+from snac_stream.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["demo", *sys.argv[1:]]))

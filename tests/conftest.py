@@ -150,6 +150,16 @@ def make_audio(batch: int, length: int, dtype: torch.dtype = torch.float64, seed
     return torch.stack(rows).unsqueeze(1).to(dtype)
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The CLI's ``main`` sets the process-wide runtime (one thread) when a test runs it in
+    process; the tests after it keep the suite's own setting."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Simulate an offline machine: every hub download and every socket connection fails

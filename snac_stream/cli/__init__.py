@@ -1,0 +1,1 @@
+"""The ``snac-stream`` command (:mod:`.main`), its subcommands (:mod:`.commands`), the demo and live views."""

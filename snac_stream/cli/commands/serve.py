@@ -1,0 +1,34 @@
+"""``snac-stream serve``: the WebSocket server — relay rooms at ``/rooms/NAME`` (no model
+needed), ``/health``, and with ``--model`` the ``/encode`` and ``/decode`` endpoints that run
+the streaming model server-side for thin clients (see docs/protocol.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "run the WebSocket server (relay rooms; /encode and /decode with --model)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from snac_stream.net.server import add_serve_arguments
+
+    add_serve_arguments(parser)
+    parser.add_argument("--model", default=None, help="also serve /encode and /decode with this model spec")
+    parser.add_argument("--seed", type=int, default=0, help="decoder noise seed of /decode (default 0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from snac_stream.net.server import run_serve
+
+    setup = None
+    if args.model:
+        from snac_stream.net.endpoints import add_model_endpoints
+
+        from .common import load_model
+
+        model = load_model(args.model)
+
+        def setup(server) -> None:
+            add_model_endpoints(server, model, seed=args.seed)
+
+    return run_serve(args, setup)

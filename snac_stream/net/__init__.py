@@ -1,0 +1,1 @@
+"""The network: WebSocket relay server, rooms, model endpoints, clients, sender and receiver."""
