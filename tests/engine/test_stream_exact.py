@@ -9,6 +9,10 @@ configurations, and on the published configurations with random weights.
 Float32: the decoder stays within ``F32_AUDIO_TOL`` of offline; encoder codes agree except
 for rare near-ties (flips of the nearest codeword when two are almost equally near), whose
 fraction is bounded by ``F32_MAX_FLIP_FRACTION``.
+
+Every test runs on both kernel sets, chosen by ``SNAC_STREAM_KERNELS``: ``auto`` (the CPU
+fast path, each part where this CPU supports it) and ``generic`` (plain torch ops, as on any
+other device).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from streaming_helpers import (
 
 from snac_model import random_model
 from snac_stream import StreamingDecoder, StreamingEncoder
+from snac_stream.kernels import KERNELS_ENV
 
 F64_AUDIO_TOL = 1e-9
 # float32, measured: max |stream - offline| 8.0e-7 over 375 random small configs, 5.7e-7 (24 kHz)
@@ -47,6 +52,27 @@ F32_AUDIO_TOL = 1e-4
 F32_MAX_FLIP_FRACTION = 0.01
 
 seeds = st.integers(0, 2**31 - 1)
+
+
+@pytest.fixture(autouse=True, scope="module", params=["auto", "generic"])
+def kernel_set(request):
+    """The whole module once per kernel set, chosen as a user would: by the environment."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv(KERNELS_ENV, request.param)
+    yield request.param
+    mp.undo()
+
+
+def test_the_kernel_set_asked_for_runs(kernel_set):
+    model = random_model("24khz")
+    want = {"generic"} if kernel_set == "generic" else {"native", "generic"}  # generic: no fast part here
+    assert StreamingEncoder(model).kernels.name in want and StreamingDecoder(model).kernels.name in want
+    if kernel_set == "auto":
+        from snac_stream.kernels.cpu import onednn_linear
+
+        assert StreamingDecoder(model).kernels.name == (
+            "generic" if onednn_linear(torch.float32) else "native"
+        )
 
 
 def period_ticks(model) -> int:
