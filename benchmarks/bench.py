@@ -19,13 +19,12 @@ Run ``python -m benchmarks.bench --help`` or ``snac-stream bench --help``. Modul
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from dataclasses import dataclass
 
-DEFAULT_MODEL = "random:24khz"  # also in snac_stream.cli.commands.bench
+DEFAULT_MODEL = "random:24khz"  # the benchmark's default: random weights, no hub download
 
 
 @dataclass
@@ -282,9 +281,9 @@ def run(args: argparse.Namespace) -> int:
 
     render(result, console)
     if cfg.json_path:
-        with open(cfg.json_path, "w") as f:
-            json.dump(result, f, indent=1, default=_json_default)
-            f.write("\n")
+        from .bench_common import write_json
+
+        write_json(cfg.json_path, result, default=_json_default)
         console.print(f"wrote {cfg.json_path}")
     if cfg.plot_path:
         plot(result, cfg.plot_path)
@@ -298,9 +297,6 @@ def _json_default(o):
     if isinstance(o, tuple | set):
         return list(o)
     return str(o)
-
-
-DEFAULT_MODEL = "random:24khz"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -367,7 +363,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a(
         "--tune-malloc",
         action="store_true",
-        help="glibc mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=max) before running (DESIGN.md section 6)",
+        help="glibc mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=max) before running (docs/design.md, Engines)",
     )
 
 

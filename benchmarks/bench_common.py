@@ -5,12 +5,13 @@ Everything here is cheap to import except through the functions that need torch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +42,36 @@ def rerun_with_huge_pages(module: str, argv: Sequence[str]) -> None:
     os.environ[HUGE_PAGES_ENV] = "1"
     sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, "-m", module, *argv])
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, restoring the count after (a benchmark
+    is an application: it sets the process-wide count itself, the engines never do)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def write_json(path: str | os.PathLike, result, **dump_options) -> None:
+    """``result`` as JSON (and a final newline) to ``path``, written under a temporary name beside
+    it and renamed: a results file is never half-written. ``dump_options`` go to ``json.dump``."""
+    import json
+
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(result, f, **{"indent": 1, **dump_options})
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # ----------------------------------------------------------------------------- signal

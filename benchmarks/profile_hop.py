@@ -1,15 +1,15 @@
 """Where a streaming hop's time goes: a per-operator profile, one stream and a batch.
 
 ``python -m benchmarks.profile_hop [--model 24khz] [--batch 8] [--hops 30] [--json FILE] [--malloc default]``
-steps the fast-path decoder and encoder one coarse frame at a time on one thread, once for
-a single stream (:class:`~snac_stream.StreamingDecoder` / ``StreamingEncoder``, how
-streams run one by one) and once for ``--batch`` streams in one multi-stream engine (each
-the fastest of three stretches of hops, against this machine's noise), and splits each
-hop's time, per stream, into
+steps the decoder and encoder (the kernels ``auto`` picks, see :mod:`snac_stream.kernels`) one
+coarse frame at a time on one thread, once for a single stream (:class:`~snac_stream.StreamingDecoder`
+/ ``StreamingEncoder``, how streams run one by one) and once for ``--batch`` streams in one
+multi-stream engine (each the fastest of three stretches of hops, against this machine's noise),
+and splits each hop's time, per stream, into
 
 - GEMMs, by shape (``K -> N`` features; every 1x1 conv, im2col conv, transposed conv and
   noise projection goes through one), with their FLOPs and achieved GFLOP/s;
-- the native Snake and depthwise conv + Snake passes;
+- the Snake and depthwise conv + Snake passes (native C, or torch passes where it is absent);
 - the rest (adds, copies, noise draws, quantizer, Python).
 
 It also measures this core's fp32 GEMM peak (a large, well-shaped packed GEMM) and derives
@@ -20,7 +20,6 @@ all ran at that peak and whose other work cost what it measured batched.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -33,25 +32,31 @@ import snac_model
 from snac_stream import StreamingDecoder, StreamingEncoder, kernels
 from snac_stream.engine.latency import decoder_latency, encoder_latency
 from snac_stream.engine.multistream import MultiStreamDecoder, MultiStreamEncoder
+from snac_stream.kernels import CpuKernels, GenericKernels
+from snac_stream.runtime import tune_allocator
 
-from .bench_common import frames_of, rerun_with_huge_pages
+from .bench_common import frames_of, rerun_with_huge_pages, torch_threads, write_json
+
+PATCHED_KERNEL_SETS = (GenericKernels, CpuKernels)  # the classes whose Snake methods are timed
 
 
 class HopProfiler:
-    """Context manager: while active, every GEMM of the fast path (``kernels.Linear``) and
-    every Snake / depthwise + Snake pass (``kernels.snake`` / ``kernels.dw_snake``) is timed.
-    ``seconds[key]`` and ``flops[key]`` accumulate; GEMM keys read ``"gemm K->N"``. The
-    wrapped functions are put back on exit; results are unchanged while profiling."""
+    """Context manager: while active, every GEMM of a kernel set (:class:`~snac_stream.kernels.Linear`
+    and its packed subclass) and every Snake / depthwise + Snake pass (``snake`` / ``dw_snake`` of
+    :class:`~snac_stream.kernels.GenericKernels` and :class:`~snac_stream.kernels.CpuKernels`) is
+    timed; a kernel called inside another timed one (a fallback ``dw_snake`` calls ``snake``) counts
+    once, for the outer. ``seconds[key]`` and ``flops[key]`` accumulate; GEMM keys read
+    ``"gemm K->N"``. The methods are put back on exit; results are unchanged while profiling."""
 
     def __init__(self):
         self.seconds: dict[str, float] = defaultdict(float)
         self.flops: dict[str, float] = defaultdict(float)
-        self._saved: list[tuple[object, str, Callable]] = []
+        self._saved: list[tuple[type, str, Callable]] = []
         self._depth = 0
 
     def _timed(self, fn: Callable, key: Callable[..., str], flops: Callable[..., float] | None):
         def wrapper(*args, **kwargs):
-            if self._depth:  # inside another timed call (the fallback dw+snake calls snake)
+            if self._depth:  # inside another timed call: the outer one counts it
                 return fn(*args, **kwargs)
             self._depth += 1
             start = time.perf_counter()
@@ -74,20 +79,21 @@ class HopProfiler:
         def gemm_flops(linear, x):
             return 2.0 * x.numel() * linear.out_features
 
-        patches = [
-            (kernels.Linear, "__call__", gemm_key, gemm_flops),
-            (kernels, "dw_snake", lambda *a: "dw+snake", None),
-            (kernels, "snake", lambda *a: "snake", None),
-        ]
-        for module, name, key, flops in patches:
-            fn = getattr(module, name)
-            self._saved.append((module, name, fn))
-            setattr(module, name, self._timed(fn, key, flops))
+        patches = [(kernels.Linear, "__call__", gemm_key, gemm_flops)]  # PackedLinear inherits it
+        for cls in PATCHED_KERNEL_SETS:
+            patches += [
+                (cls, "dw_snake", lambda *a: "dw+snake", None),
+                (cls, "snake", lambda *a: "snake", None),
+            ]
+        for cls, name, key, flops in patches:
+            fn = vars(cls)[name]
+            self._saved.append((cls, name, fn))
+            setattr(cls, name, self._timed(fn, key, flops))
         return self
 
     def __exit__(self, *exc) -> None:
-        for module, name, fn in reversed(self._saved):
-            setattr(module, name, fn)
+        for cls, name, fn in reversed(self._saved):
+            setattr(cls, name, fn)
         self._saved.clear()
 
     def reset(self) -> None:
@@ -96,10 +102,10 @@ class HopProfiler:
 
 
 def gemm_peak_gflops(rows: int = 4096, features: int = 512, repeats: int = 7) -> float:
-    """fp32 GFLOP/s of a large packed GEMM (``[rows, F] @ [F, F]``) on the current threads,
-    best of ``repeats``: the most a GEMM of a hop can reach."""
+    """fp32 GFLOP/s of a large GEMM (``[rows, F] @ [F, F]``, packed where the ``auto`` kernels
+    pack) on the current threads, best of ``repeats``: the most a GEMM of a hop can reach."""
     gen = torch.Generator().manual_seed(0)
-    linear = kernels.Linear(torch.randn(features, features, generator=gen), None)
+    linear = kernels.select("cpu").linear(torch.randn(features, features, generator=gen), None)
     x = torch.randn(rows, features, generator=gen)
     linear(x)
     best = min(_seconds(lambda: linear(x)) for _ in range(repeats))
@@ -128,18 +134,14 @@ def hop_inputs(model, mode: str, hops: int) -> list:
 def stepper(model, mode: str, batch: int) -> Callable[[object], object]:
     """One hop for ``batch`` streams: a single streaming engine (batch 1) or one multi-stream engine."""
     if batch == 1:
-        engine = (
-            StreamingDecoder(model, seed=0, threads=1)
-            if mode == "decode"
-            else StreamingEncoder(model, threads=1)
-        )
+        engine = StreamingDecoder(model, seed=0) if mode == "decode" else StreamingEncoder(model)
         return engine.push
     if mode == "decode":
-        multi = MultiStreamDecoder(model, max_streams=batch, threads=1)
+        multi = MultiStreamDecoder(model, max_streams=batch)
         for i in range(batch):
             multi.open(i, seed=i)
     else:
-        multi = MultiStreamEncoder(model, max_streams=batch, threads=1)
+        multi = MultiStreamEncoder(model, max_streams=batch)
         for i in range(batch):
             multi.open(i)
     return lambda x: multi.step(dict.fromkeys(range(batch), x))
@@ -200,12 +202,13 @@ def profile_section(name: str = "24khz", batch: int = 8, hops: int = 30) -> dict
     """Decode and encode profiles at batch 1 and ``batch`` for the published ``name``
     architecture (seeded random weights), the GEMM peak, and the batching ceiling."""
     model = snac_model.random_model(name)
-    with kernels.intra_op_threads(1):
+    with torch_threads(1):
         peak = gemm_peak_gflops()
         out: dict = {
             "model": name,
             "hop_ms": 1000 * model.frame_size / model.sample_rate,
             "gemm_peak_gflops": peak,
+            "kernels": kernels.select(model.device).describe(),
         }
         for mode in ("decode", "encode"):
             single = profile_hops(model, mode, 1, hops)
@@ -227,6 +230,8 @@ def print_profile(p: dict) -> None:
         f"   {p['model']}, hop {p['hop_ms']:.1f} ms of audio, 1 thread; fp32 GEMM peak of this core "
         f"{p['gemm_peak_gflops']:.0f} GFLOP/s; ms per stream and hop"
     )
+    k = p["kernels"]
+    print(f"   kernels: {k['kernels']} (GEMMs {k['gemm']}, Snake {k['snake']}; {k['reason']})")
     for mode in ("decode", "encode"):
         m = p[mode]
         for r in (m["single"], m["batched"]):
@@ -266,12 +271,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.malloc == "tuned":
         if argv is None:
             rerun_with_huge_pages("benchmarks.profile_hop", sys.argv[1:])
-        kernels.tune_allocator()
+        tune_allocator()
     result = profile_section(args.model, args.batch, args.hops)
     print_profile(result)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result, indent=2)
     return result
 
 

@@ -18,6 +18,7 @@ offered as fixtures of the same name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import math
@@ -213,6 +214,16 @@ async def wait_until(predicate, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.005)
+
+
+@contextlib.contextmanager
+def raises_packet_error(code: int, match: str | None = None):
+    """``pytest.raises(PacketError, match=match)`` that also checks the error's close code."""
+    from snac_stream.protocol.packets import PacketError
+
+    with pytest.raises(PacketError, match=match) as info:
+        yield info
+    assert info.value.code == code, f"close code {info.value.code}, expected {code}: {info.value}"
 
 
 async def close_code(ws, timeout: float = 10.0) -> int | None:

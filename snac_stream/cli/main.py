@@ -22,6 +22,8 @@ COMMANDS = {
     "listen": "receive codes from a room and decode them to a file or the speaker",
     "mic": "live view of the multi-scale codes of the microphone (or a file)",
     "demo": "end to end on this machine: server, sender, listener, measured latency",
+    "encode": "encode audio files or directories to codes (.snac, .npz, token JSON Lines), any length",
+    "decode": "decode code files (.snac, .npz) or directories to WAV/FLAC",
 }
 
 

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import random
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
@@ -19,6 +21,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from snac_stream.audio.pcm import to_s16le
 from snac_stream.protocol.packets import (
     DEFAULT_MAX_PACKET,
     CloseCode,
@@ -27,12 +30,14 @@ from snac_stream.protocol.packets import (
     EndReason,
     ErrorPacket,
     Hello,
-    MalformedPacket,
     ModelInfo,
     Packet,
+    PacketError,
     decode_packet,
     encode_packet,
 )
+
+from .ledger import LossLedger, StreamCounts
 
 __all__ = [
     "room_url",
@@ -207,104 +212,136 @@ async def publish(
     reports ``reconnects`` and ``streams_restarted``; pass your own to watch it live.
     """
     stats = stats if stats is not None else PublishStats()
-    kwargs = dict(additional_headers=_headers(token), compression=None, max_size=max_size, **connect_kwargs)
-    if not reconnect:
-        async with connect(url, **kwargs) as ws:
-            stats.connections += 1
-            try:
-                async for packet in _aiter(packets):
-                    if isinstance(packet, Hello):
-                        info = packet.info
-                        stats.streams += 1
-                    if isinstance(packet, CodePacket):
-                        stats.frames += packet.n_frames
-                    elif isinstance(packet, bytes) and packet[1:2] == b"\x02" and len(packet) >= 16:
-                        stats.frames += int.from_bytes(packet[14:16], "little")  # CODES n_frames
-                    data = packet if isinstance(packet, bytes) else encode_packet(packet, info)
-                    await ws.send(data)
-                    stats.packets += 1
-                    stats.bytes += len(data)
-                await ws.close()
-            except ConnectionClosed as e:
-                code, reason = _closed_code(e)
-                raise RelayError(code, reason) from None
-            received = ws.protocol.close_rcvd
-            if received is not None and received.code not in (1000, 1001):
-                raise RelayError(received.code, received.reason)
-        return stats
+    backoff = _Backoff("publisher", backoff_initial, backoff_max, max_retries) if reconnect else None
+    publisher = _Publisher(url, _connect_options(token, max_size, connect_kwargs), stats, info, backoff)
+    try:
+        await publisher.connection()
+        async for packet in _aiter(packets):
+            await publisher.send(packet)
+        await publisher.close()
+    finally:
+        await publisher.abort()
+    return stats
 
-    restarter = _Restarter()
-    ws: ClientConnection | None = None
-    attempt = 0
-    source = _aiter(packets)
 
-    async def backoff(code: int, reason: str) -> None:
-        nonlocal attempt
-        if max_retries is not None and attempt >= max_retries:
+class _Backoff:
+    """Waits ``initial * 2**n`` seconds (capped at ``maximum``, jittered ×0.5-1) before the n-th
+    reconnect in a row; past ``max_retries`` it raises :class:`RelayError` instead."""
+
+    def __init__(self, who: str, initial: float, maximum: float, max_retries: int | None) -> None:
+        self.who, self.initial, self.maximum, self.max_retries = who, initial, maximum, max_retries
+        self.attempt = 0
+
+    async def wait(self, code: int, reason: str) -> None:
+        if self.max_retries is not None and self.attempt >= self.max_retries:
             raise RelayError(code, reason)
-        delay = min(backoff_max, backoff_initial * 2**attempt)
-        attempt += 1
-        log.info("publisher: %d %s; reconnecting in %.2f s", code, reason, delay)
+        delay = min(self.maximum, self.initial * 2**self.attempt)
+        self.attempt += 1
+        log.info("%s: %d %s; reconnecting in %.2f s", self.who, code, reason, delay)
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
-    try:
-        while True:
+
+def _connect_retryable(e: Exception) -> bool:
+    """A failed connect worth retrying: refused/timed out, or HTTP 503 (a server shutting down)."""
+    return not isinstance(e, InvalidHandshake) or (
+        isinstance(e, InvalidStatus) and e.response.status_code == 503
+    )
+
+
+def _connect_options(token: str | None, max_size: int, connect_kwargs: dict[str, Any]) -> dict[str, Any]:
+    return dict(additional_headers=_headers(token), compression=None, max_size=max_size, **connect_kwargs)
+
+
+class _Publisher:
+    """The one publish loop, a packet at a time: encodes and sends packets (objects, or bytes
+    sent as they are) and counts them in ``stats``. With a ``backoff`` it reconnects after a lost
+    connection and renumbers the rest of the stream (:class:`_Restarter`); without, a lost
+    connection raises :class:`RelayError`."""
+
+    def __init__(
+        self,
+        url: str,
+        options: dict[str, Any],
+        stats: PublishStats,
+        info: ModelInfo | None,
+        backoff: _Backoff | None = None,
+    ) -> None:
+        self.url, self.options, self.stats, self.info, self.backoff = url, options, stats, info, backoff
+        self.ws: ClientConnection | None = None
+        self.restarter = _Restarter()
+
+    async def connection(self) -> ClientConnection:
+        """The open connection, connecting (with backoff, if reconnecting) when there is none."""
+        while self.ws is None:
             try:
-                packet = await source.__anext__()
-            except StopAsyncIteration:
-                break
-            if isinstance(packet, bytes | bytearray | memoryview):
-                packet = decode_packet(packet, info, max_size)
-            if isinstance(packet, Hello):
-                info = packet.info
-            while True:
-                if ws is None:
-                    try:
-                        ws = await connect(url, **kwargs)
-                    except (OSError, TimeoutError, InvalidHandshake) as e:
-                        retry_http = isinstance(e, InvalidStatus) and e.response.status_code == 503
-                        if isinstance(e, InvalidHandshake) and not retry_http:
-                            raise
-                        await backoff(1006, f"cannot connect: {e}")
-                        continue
-                    stats.connections += 1
-                    stats.reconnects = stats.connections - 1
-                to_send, restarted = restarter.map(packet)
-                try:
-                    for p in to_send:
-                        data = encode_packet(p, info)
-                        await ws.send(data)
-                        stats.packets += 1
-                        stats.bytes += len(data)
-                        if isinstance(p, Hello):
-                            stats.streams += 1
-                        elif isinstance(p, CodePacket):
-                            stats.frames += p.n_frames
-                except ConnectionClosed as e:
-                    code, reason = _closed_code(e)
-                    stats.close_code, stats.close_reason = code, reason
-                    ws = None
-                    if code not in PUBLISH_RETRYABLE:
-                        raise RelayError(code, reason) from None
-                    restarter.restart()
-                    if isinstance(packet, End):  # the stream was over: nothing to resume
-                        restarter.sent(packet)
-                        break
-                    await backoff(code, reason)
-                    continue
-                stats.streams_restarted += restarted
-                restarter.sent(packet)
-                attempt = 0
-                break
+                self.ws = await connect(self.url, **self.options)
+            except (OSError, TimeoutError, InvalidHandshake) as e:
+                if self.backoff is None or not _connect_retryable(e):
+                    raise
+                await self.backoff.wait(1006, f"cannot connect: {e}")
+                continue
+            self.stats.connections += 1
+            self.stats.reconnects = self.stats.connections - 1
+        return self.ws
+
+    async def send(self, packet: Packet | bytes) -> None:
+        """Send one packet of the source (after a reconnect: renumbered, maybe after a new HELLO)."""
+        if self.backoff is not None and isinstance(packet, bytes | bytearray | memoryview):
+            packet = decode_packet(packet, self.info, self.options["max_size"])  # to renumber it
+        if isinstance(packet, Hello):
+            self.info = packet.info
+        while True:
+            ws = await self.connection()
+            to_send, restarted = self.restarter.map(packet)
+            try:
+                for p in to_send:
+                    await self._send_one(ws, p)
+            except ConnectionClosed as e:
+                code, reason = _closed_code(e)
+                self.stats.close_code, self.stats.close_reason = code, reason
+                if self.backoff is None or code not in PUBLISH_RETRYABLE:
+                    raise RelayError(code, reason) from None
+                self.ws = None
+                self.restarter.restart()
+                if isinstance(packet, End):  # the stream was over: nothing to resume
+                    self.restarter.sent(packet)
+                    return
+                await self.backoff.wait(code, reason)
+                continue
+            self.stats.streams_restarted += restarted
+            self.restarter.sent(packet)
+            if self.backoff is not None:
+                self.backoff.attempt = 0
+            return
+
+    async def _send_one(self, ws: ClientConnection, packet: Packet | bytes) -> None:
+        raw = isinstance(packet, bytes | bytearray | memoryview)
+        data = packet if raw else encode_packet(packet, self.info)
+        await ws.send(data)
+        s = self.stats
+        s.packets += 1
+        s.bytes += len(data)
+        if isinstance(packet, Hello):
+            s.streams += 1
+        elif isinstance(packet, CodePacket):
+            s.frames += packet.n_frames
+        elif raw and data[1:2] == b"\x02" and len(data) >= 16:
+            s.frames += int.from_bytes(data[14:16], "little")  # CODES n_frames
+
+    async def close(self) -> None:
+        """Close the connection; :class:`RelayError` if the other side closed it with an error code."""
+        ws, self.ws = self.ws, None
         if ws is not None:
             await ws.close()
             received = ws.protocol.close_rcvd
             if received is not None and received.code not in (1000, 1001):
                 raise RelayError(received.code, received.reason)
-    finally:
+
+    async def abort(self) -> None:
+        """Close the connection, if still open, without checking how."""
+        ws, self.ws = self.ws, None
         if ws is not None:
             await ws.close()
-    return stats
 
 
 # ------------------------------------------------------------------------------ endpoints
@@ -321,9 +358,7 @@ def _pcm_bytes(pcm: np.ndarray, fmt: str) -> bytes:
     if fmt == "f32le":
         return a.astype("<f4").tobytes()
     if fmt == "s16le":
-        if a.dtype.kind in "iu":
-            return a.astype("<i2").tobytes()
-        return (np.clip(a, -1.0, 32767 / 32768) * 32768.0).round().astype("<i2").tobytes()
+        return to_s16le(a)
     raise ValueError(f"unknown PCM format {fmt!r}")
 
 
@@ -340,11 +375,33 @@ async def _read_all(ws: ClientConnection) -> list[bytes]:
     try:
         async for message in ws:
             if isinstance(message, str):
-                raise MalformedPacket("text frame from the server")
+                raise PacketError("text frame from the server", CloseCode.MALFORMED)
             out.append(message)
     except ConnectionClosed:
         pass
     return out
+
+
+async def _exchange(
+    url: str,
+    messages: AsyncIterable[Packet | bytes] | Iterable[Packet | bytes],
+    info: ModelInfo | None,
+    options: dict[str, Any],
+) -> list[bytes]:
+    """Send ``messages`` (packets or bytes) to a model endpoint while reading its replies (so long
+    streams do not deadlock); returns the replies once it closed with 1000 (else :class:`RelayError`)."""
+    publisher = _Publisher(url, options, PublishStats(), info)
+    async with await publisher.connection() as ws:
+        reader = asyncio.create_task(_read_all(ws))
+        try:
+            with contextlib.suppress(RelayError):  # the server closed early: checked below
+                async for message in _aiter(messages):
+                    await publisher.send(message)
+            replies = await reader
+        finally:
+            reader.cancel()
+    _check_close(ws)
+    return replies
 
 
 async def remote_encode(
@@ -367,18 +424,8 @@ async def remote_encode(
     data = _pcm_bytes(pcm, fmt)
     step = chunk_samples * (4 if fmt == "f32le" else 2)
     url = endpoint_url(server_url, "/encode", format=fmt, rate=sample_rate)
-    async with connect(
-        url, additional_headers=_headers(token), compression=None, max_size=max_size, **connect_kwargs
-    ) as ws:
-        reader = asyncio.create_task(_read_all(ws))
-        try:
-            for start in range(0, len(data), step):
-                await ws.send(data[start : start + step])
-            await ws.send(b"")
-        except ConnectionClosed:
-            pass
-        messages = await reader
-    _check_close(ws)
+    chunks = itertools.chain((data[a : a + step] for a in range(0, len(data), step)), [b""])
+    messages = await _exchange(url, chunks, None, _connect_options(token, max_size, connect_kwargs))
     out: list[Packet] = []
     info: ModelInfo | None = None
     for m in messages:
@@ -404,19 +451,7 @@ async def remote_decode(
     the server closes with another code than 1000 (e.g. 4007 for another model).
     """
     url = endpoint_url(server_url, "/decode")
-    async with connect(
-        url, additional_headers=_headers(token), compression=None, max_size=max_size, **connect_kwargs
-    ) as ws:
-        reader = asyncio.create_task(_read_all(ws))
-        try:
-            async for packet in _aiter(packets):
-                if isinstance(packet, Hello):
-                    info = packet.info
-                await ws.send(packet if isinstance(packet, bytes) else encode_packet(packet, info))
-        except ConnectionClosed:
-            pass
-        messages = await reader
-    _check_close(ws)
+    messages = await _exchange(url, packets, info, _connect_options(token, max_size, connect_kwargs))
     return np.frombuffer(b"".join(messages), dtype="<f4").astype(np.float32)
 
 
@@ -424,32 +459,17 @@ async def remote_decode(
 
 
 @dataclass
-class ListenStats:
-    """What a listener received and what it can tell it missed."""
+class ListenStats(StreamCounts):
+    """What a listener received and what it can tell it missed (the stream and frame counters
+    are kept by its :class:`~snac_stream.net.ledger.LossLedger`)."""
 
     packets: int = 0
     bytes: int = 0
-    streams: int = 0  #: HELLOs that started a stream
-    streams_completed: int = 0  #: END with reason COMPLETE
-    streams_aborted: int = 0  #: END with another reason, ERROR, or connection lost mid-stream
-    frames_received: int = 0
-    frames_lost: int = 0  #: frames missing between the first CODES received and END
-    frames_missed_at_join: int = 0  #: frames sent before this listener joined the stream
-    packets_lost: int = 0  #: CODES packets missing (gaps in seq after joining)
     errors: list[ErrorPacket] = field(default_factory=list)
     connections: int = 0
     reconnects: int = 0
     close_code: int | None = None
     close_reason: str = ""
-
-
-@dataclass
-class _StreamState:
-    stream_id: int
-    info: ModelInfo
-    next_seq: int = 0
-    next_frame: int = 0
-    started: bool = False  #: a CODES packet was received
 
 
 class ListenStream:
@@ -478,9 +498,9 @@ class ListenStream:
         self.max_size = max_size
         self.connect_kwargs = connect_kwargs
         self.stats = ListenStats()
+        self.ledger = LossLedger(self.stats)
         self.info: ModelInfo | None = None  #: model of the current stream
         self.connection: ClientConnection | None = None
-        self._stream: _StreamState | None = None
         self._gen = self._run()
 
     def __aiter__(self) -> ListenStream:
@@ -498,65 +518,28 @@ class ListenStream:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    # -- accounting ------------------------------------------------------------------
-
     def _account(self, packet: Packet) -> None:
-        s, cur = self.stats, self._stream
+        ledger = self.ledger
         if isinstance(packet, Hello):
             self.info = packet.info
-            resumed = cur is not None and cur.stream_id == packet.stream_id and cur.info == packet.info
-            if not resumed:
-                if cur is not None:
-                    s.streams_aborted += 1
-                self._stream = _StreamState(packet.stream_id, packet.info)
-                s.streams += 1
+            ledger.hello(packet.stream_id, packet.info)
         elif isinstance(packet, CodePacket):
-            if cur is None:
-                return
-            gap_frames = packet.first_frame - cur.next_frame
-            gap_packets = packet.seq - cur.next_seq
-            if not cur.started and cur.next_frame == 0:
-                s.frames_missed_at_join += max(gap_frames, 0)
-            else:
-                s.frames_lost += max(gap_frames, 0)
-                s.packets_lost += max(gap_packets, 0)
-            cur.started = True
-            cur.next_seq = packet.seq + 1
-            cur.next_frame = packet.first_frame + packet.n_frames
-            s.frames_received += packet.n_frames
+            ledger.codes(packet.seq, packet.first_frame, packet.n_frames)
         elif isinstance(packet, End):
-            if cur is not None:
-                tail = max(packet.total_frames - cur.next_frame, 0)
-                if not cur.started and cur.next_frame == 0:
-                    s.frames_missed_at_join += tail
-                else:
-                    s.frames_lost += tail
-                    s.packets_lost += max(packet.seq - cur.next_seq, 0)
-            if packet.reason == EndReason.COMPLETE:
-                s.streams_completed += 1
-            else:
-                s.streams_aborted += 1
-            self._stream = None
+            ledger.end(packet.seq, packet.total_frames, packet.reason == EndReason.COMPLETE)
         elif isinstance(packet, ErrorPacket):
-            s.errors.append(packet)
-            if cur is not None:
-                s.streams_aborted += 1
-            self._stream = None
+            self.stats.errors.append(packet)
+            ledger.abort()
 
     # -- connection loop ---------------------------------------------------------------
 
     async def _run(self) -> AsyncIterator[Packet]:
-        attempt = 0
+        backoff = _Backoff("listener", self.backoff_initial, self.backoff_max, self.max_retries)
+        options = _connect_options(self.token, self.max_size, self.connect_kwargs)
         while True:
             code, reason = 1000, ""
             try:
-                async with connect(
-                    self.url,
-                    additional_headers=_headers(self.token),
-                    compression=None,
-                    max_size=self.max_size,
-                    **self.connect_kwargs,
-                ) as ws:
+                async with connect(self.url, **options) as ws:
                     self.connection = ws
                     self.stats.connections += 1
                     if self.stats.connections > 1:
@@ -564,11 +547,11 @@ class ListenStream:
                     try:
                         async for message in ws:
                             if isinstance(message, str):
-                                raise MalformedPacket("text frame from the relay")
+                                raise PacketError("text frame from the relay", CloseCode.MALFORMED)
                             packet = decode_packet(message, self.info, self.max_size)
                             if isinstance(packet, Hello) and self.expect_info is not None:
-                                self.expect_info.check_compatible(packet.info)  # ModelMismatch
-                            attempt = 0
+                                self.expect_info.check_compatible(packet.info)  # MODEL_MISMATCH
+                            backoff.attempt = 0
                             self.stats.packets += 1
                             self.stats.bytes += len(message)
                             self._account(packet)
@@ -580,24 +563,16 @@ class ListenStream:
                         if received is not None:
                             code, reason = received.code, received.reason
             except (OSError, TimeoutError, InvalidHandshake) as e:
-                retry_http = isinstance(e, InvalidStatus) and e.response.status_code == 503
-                if not self.reconnect or (isinstance(e, InvalidHandshake) and not retry_http):
+                if not self.reconnect or not _connect_retryable(e):
                     raise
                 code, reason = 1006, f"cannot connect: {e}"
             finally:
                 self.connection = None
             self.stats.close_code, self.stats.close_reason = code, reason
-            if self._stream is not None and code != 1000:
-                if not self.reconnect:
-                    self.stats.streams_aborted += 1
-                    self._stream = None
+            if code != 1000 and not self.reconnect:
+                self.ledger.abort()
             if self.reconnect and code in RETRYABLE:
-                if self.max_retries is not None and attempt >= self.max_retries:
-                    raise RelayError(code, reason)
-                delay = min(self.backoff_max, self.backoff_initial * 2**attempt)
-                attempt += 1
-                log.info("listener: %d %s; reconnecting in %.2f s", code, reason, delay)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                await backoff.wait(code, reason)
                 continue
             if code in (1000, 1001):
                 return
@@ -607,9 +582,10 @@ class ListenStream:
 def listen(url: str, token: str | None = None, **options: Any) -> ListenStream:
     """Listen to ``url`` (``.../rooms/NAME?role=listen``); iterate to get decoded packets.
 
-    Options: ``expect_info`` (raise :class:`~snac_stream.protocol.packets.ModelMismatch` on a
-    HELLO for another model), ``reconnect`` (retry on the codes in :data:`RETRYABLE` with exponential
-    backoff ``backoff_initial * 2**n`` capped at ``backoff_max`` seconds, jittered),
+    Options: ``expect_info`` (raise :class:`~snac_stream.protocol.packets.PacketError`
+    ``MODEL_MISMATCH`` on a HELLO for another model), ``reconnect`` (retry on the codes in
+    :data:`RETRYABLE` with exponential backoff ``backoff_initial * 2**n`` capped at
+    ``backoff_max`` seconds, jittered),
     ``max_retries``, ``max_size``, and keyword arguments for ``websockets`` ``connect``.
     The iterator ends on close codes 1000/1001 and raises :class:`RelayError` on others.
     ``.stats`` is a :class:`ListenStats`.

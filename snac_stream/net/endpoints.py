@@ -14,7 +14,7 @@ loop), one message at a time per connection (so a connection buffers at most
 
     /decode
       client ── HELLO, CODES..., END ─►  decode_header (limits, order), token bucket
-                                        └► executor: CodeReceiver.on_packet
+                                        └► executor: decode_body, CodeReceiver.on_packet
                                               └► DecodeSession.push / .flush / .reset
       client ◄── PCM float32 LE ..., (tail trimmed to total_samples), close 1000
 
@@ -35,7 +35,8 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,13 +46,14 @@ from websockets.asyncio.server import ServerConnection
 from snac_stream.engine.encoder import StreamingEncoder
 from snac_stream.protocol.packets import (
     CloseCode,
+    CodePacket,
     End,
     Hello,
     Kind,
     ModelInfo,
-    OversizedPacket,
     PacketError,
-    UnexpectedPacket,
+    PacketHeader,
+    decode_body,
     decode_header,
     encode_packet,
     split_codes,
@@ -62,7 +64,6 @@ from .server import run_in
 
 __all__ = [
     "PCM_FORMATS",
-    "RequestError",
     "TokenBucket",
     "EncodeSession",
     "ModelEndpoints",
@@ -73,14 +74,6 @@ log = logging.getLogger("snac_stream.net.endpoints")
 
 #: ``format`` query values of /encode and their sample types.
 PCM_FORMATS: dict[str, np.dtype] = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
-
-
-class RequestError(PacketError):
-    """A request-level error with its own close code (bad query, rate limit, ...)."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.close_code = code
 
 
 class TokenBucket:
@@ -120,17 +113,57 @@ class EncodeSession:
         return [c[0] for c in self.encoder.flush()]
 
 
-def _query_int(query: Any, name: str, default: int, lo: int, hi: int) -> int:
+def pcm_samples(message: bytes, dtype: np.dtype) -> np.ndarray:
+    """float32 samples of one PCM message of ``dtype`` (``PCM_FORMATS``; int16 / 32768); 4022
+    BAD_PCM for a length that is not a whole number of samples or NaN/inf floats."""
+    if len(message) % dtype.itemsize:
+        raise PacketError(
+            f"message of {len(message)} bytes is not a whole number of {dtype.itemsize}-byte samples",
+            CloseCode.BAD_PCM,
+        )
+    pcm = np.frombuffer(message, dtype=dtype)
+    if dtype.kind == "f":
+        if not np.isfinite(pcm).all():
+            raise PacketError("PCM contains NaN or infinite samples", CloseCode.BAD_PCM)
+        return pcm.astype(np.float32)
+    return pcm.astype(np.float32) / 32768.0
+
+
+def query_int(query: Any, name: str, default: int, lo: int, hi: int) -> int:
+    """Integer query parameter ``name`` in ``lo..hi`` (4018 otherwise), ``default`` when absent."""
     raw = query.get(name)
     if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise RequestError(CloseCode.BAD_REQUEST, f"query parameter {name} must be an integer") from None
+        raise PacketError(f"query parameter {name} must be an integer", CloseCode.BAD_REQUEST) from None
     if not lo <= value <= hi:
-        raise RequestError(CloseCode.BAD_REQUEST, f"query parameter {name} must be in {lo}..{hi}")
+        raise PacketError(f"query parameter {name} must be in {lo}..{hi}", CloseCode.BAD_REQUEST)
     return value
+
+
+@dataclass
+class CodeStream:
+    """A stream of CODES packets being written: its id and what was sent so far."""
+
+    stream_id: int
+    seq: int = 0  #: packets sent
+    frames: int = 0  #: coarse frames sent
+
+    def packets(self, codes: list[torch.Tensor], info: ModelInfo, max_frames: int) -> list[CodePacket]:
+        """``codes`` (per level ``[k_i]``) as the next packets of at most ``max_frames`` frames."""
+        if not codes or codes[0].numel() == 0:
+            return []
+        packets = split_codes(
+            codes, info, max_frames, stream_id=self.stream_id, first_seq=self.seq, first_frame=self.frames
+        )
+        self.seq += len(packets)
+        self.frames += sum(p.n_frames for p in packets)
+        return packets
+
+    def end(self, samples: int) -> End:
+        return End(self.stream_id, self.seq, self.frames, samples)
 
 
 class ModelEndpoints:
@@ -144,6 +177,7 @@ class ModelEndpoints:
         seed: int | None = 0,
         encode_session: Callable[[Any], EncodeSession] = EncodeSession,
         decode_session: Callable[..., DecodeSession] = DecodeSession,
+        pools: Sequence[Any] = (),
     ) -> None:
         self.server = server
         self.model = model
@@ -160,8 +194,14 @@ class ModelEndpoints:
         # One thread per possible session: a batched session's call mostly waits for its
         # shard, and must not hold up the other sessions' calls (nor the server's executor).
         self.executor = server.new_executor(c.max_model_sessions, "snac-model-session")
+        self.pools = list(pools)  #: batched engines these endpoints own (see :meth:`close`)
 
-    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def close(self) -> None:
+        """Stop the batched engines' threads; model calls still waiting fail. Blocking."""
+        for pool in self.pools:
+            pool.close()
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``await fn(*args, **kwargs)`` in this endpoint's session threads."""
         return await run_in(self.executor, fn, *args, **kwargs)
 
@@ -169,120 +209,111 @@ class ModelEndpoints:
 
     def _open(self, request: Any, kind: str) -> TokenBucket:
         if request.subpath not in ("", "/"):
-            raise RequestError(CloseCode.BAD_REQUEST, f"unknown path {request.path}")
+            raise PacketError(f"unknown path {request.path}", CloseCode.BAD_REQUEST)
         c = self.server.config
         if self.active >= c.max_model_sessions:
             self.server.counters["model_rejected_busy"] += 1
-            raise RequestError(CloseCode.SERVER_BUSY, f"server runs {c.max_model_sessions} model sessions")
+            raise PacketError(f"server runs {c.max_model_sessions} model sessions", CloseCode.SERVER_BUSY)
         self.server.counters[f"{kind}_sessions"] += 1
         return TokenBucket(c.model_rate, c.model_burst)
 
-    def _spend(self, bucket: TokenBucket, samples: int) -> None:
+    def spend(self, bucket: TokenBucket, samples: int) -> None:
+        """Take ``samples`` of audio from the rate limit (4023 when over it)."""
         seconds = samples / self.info.sample_rate
         if not bucket.take(seconds):
             self.server.counters["model_rate_limited"] += 1
             c = self.server.config
-            raise RequestError(
-                CloseCode.RATE_LIMITED,
+            raise PacketError(
                 f"over the limit of {c.model_rate:g} s of audio per second (burst {c.model_burst:g} s)",
+                CloseCode.RATE_LIMITED,
             )
 
-    async def _recv(self, connection: ServerConnection) -> bytes:
+    async def recv(self, connection: ServerConnection) -> bytes:
         """The next binary message (text: 4010, silence: 4017, too large: 4002)."""
         c = self.server.config
         try:
             async with asyncio.timeout(c.idle_timeout):
                 message = await connection.recv()
         except TimeoutError:
-            raise RequestError(CloseCode.IDLE_TIMEOUT, f"no message for {c.idle_timeout:g} s") from None
+            raise PacketError(f"no message for {c.idle_timeout:g} s", CloseCode.IDLE_TIMEOUT) from None
         if isinstance(message, str):
-            raise RequestError(CloseCode.TEXT_FRAME, "text frame on a binary endpoint")
+            raise PacketError("text frame on a binary endpoint", CloseCode.TEXT_FRAME)
         if len(message) > c.max_message_size:
-            raise OversizedPacket(f"message is {len(message)} bytes, limit {c.max_message_size}")
+            raise PacketError(
+                f"message is {len(message)} bytes, limit {c.max_message_size}", CloseCode.OVERSIZED
+            )
         return message
 
     # -- /encode ----------------------------------------------------------------------------
 
-    async def handle_encode(self, connection: ServerConnection, request: Any) -> None:
-        fmt = request.query.get("format", "f32le")
+    def pcm_dtype(self, query: Any, default_format: str) -> np.dtype:
+        """The PCM sample type a request asks for (``format``; 4019 if unknown), its ``rate``
+        checked against the model's (4020)."""
+        fmt = query.get("format", default_format)
         dtype = PCM_FORMATS.get(fmt)
         if dtype is None:
-            raise RequestError(
-                CloseCode.UNSUPPORTED_FORMAT, f"format {fmt!r} is not one of {', '.join(PCM_FORMATS)}"
+            raise PacketError(
+                f"format {fmt!r} is not one of {', '.join(PCM_FORMATS)}", CloseCode.UNSUPPORTED_FORMAT
             )
-        rate = _query_int(request.query, "rate", self.info.sample_rate, 1, 2**32 - 1)
+        rate = query_int(query, "rate", self.info.sample_rate, 1, 2**32 - 1)
         if rate != self.info.sample_rate:
-            raise RequestError(
-                CloseCode.RATE_MISMATCH,
+            raise PacketError(
                 f"rate {rate} Hz: this model takes {self.info.sample_rate} Hz mono PCM (resample first)",
+                CloseCode.RATE_MISMATCH,
             )
-        stream_id = _query_int(request.query, "stream_id", secrets.randbits(32), 0, 2**32 - 1)
+        return dtype
+
+    async def encode_messages(
+        self,
+        connection: ServerConnection,
+        session,
+        dtype: np.dtype,
+        bucket: TokenBucket,
+        emit: Callable[[list[torch.Tensor], int], Awaitable[None]],
+    ) -> int:
+        """Encode ``connection``'s PCM messages until an empty one (the end of the audio):
+        ``await emit(codes, samples_so_far)`` after each push and after the flush, off the
+        event loop. Returns the samples taken."""
+        samples = 0
+        while True:
+            message = await self.recv(connection)
+            if not message:
+                break
+            pcm = pcm_samples(message, dtype)
+            self.spend(bucket, pcm.size)
+            samples += pcm.size
+            self.server.counters["encode_samples_in"] += pcm.size
+            await emit(await self.run(session.push, pcm), samples)
+        await emit(await self.run(session.flush), samples)
+        return samples
+
+    async def handle_encode(self, connection: ServerConnection, request: Any) -> None:
+        dtype = self.pcm_dtype(request.query, "f32le")
+        stream_id = query_int(request.query, "stream_id", secrets.randbits(32), 0, 2**32 - 1)
         bucket = self._open(request, "encode")
         self.active += 1
         try:
-            await self._encode(connection, dtype, stream_id, bucket)
+            session = await self.run(self.encode_session, self.model)
+            try:
+                await self._encode_stream(connection, session, dtype, CodeStream(stream_id), bucket)
+            finally:
+                _close(session)
         finally:
             self.active -= 1
 
-    async def _encode(
-        self, connection: ServerConnection, dtype: np.dtype, stream_id: int, bucket: TokenBucket
-    ) -> None:
-        session = await self._call(self.encode_session, self.model)
-        try:
-            await self._encode_stream(connection, session, dtype, stream_id, bucket)
-        finally:
-            _close(session)
-
     async def _encode_stream(
-        self, connection: ServerConnection, session, dtype: np.dtype, stream_id: int, bucket: TokenBucket
+        self, connection: ServerConnection, session, dtype: np.dtype, stream: CodeStream, bucket: TokenBucket
     ) -> None:
-        server = self.server
-        await connection.send(encode_packet(Hello(self.info, stream_id)))
-        seq = frames = samples = 0
-        while True:
-            message = await self._recv(connection)
-            if not message:  # end of audio
-                break
-            if len(message) % dtype.itemsize:
-                raise RequestError(
-                    CloseCode.BAD_PCM,
-                    f"message of {len(message)} bytes is not a whole number of {dtype.itemsize}-byte samples",
-                )
-            pcm = np.frombuffer(message, dtype=dtype)
-            if dtype.kind == "f":
-                if not np.isfinite(pcm).all():
-                    raise RequestError(CloseCode.BAD_PCM, "PCM contains NaN or infinite samples")
-                pcm = pcm.astype(np.float32)
-            else:
-                pcm = pcm.astype(np.float32) / 32768.0
-            self._spend(bucket, pcm.size)
-            samples += pcm.size
-            server.counters["encode_samples_in"] += pcm.size
-            codes = await self._call(session.push, pcm)
-            seq, frames = await self._send_codes(connection, codes, stream_id, seq, frames)
-        codes = await self._call(session.flush)
-        seq, frames = await self._send_codes(connection, codes, stream_id, seq, frames)
-        await connection.send(encode_packet(End(stream_id, seq, frames, samples)))
-        server.counters["encode_streams_completed"] += 1
-        await connection.close(1000, "")
+        await connection.send(encode_packet(Hello(self.info, stream.stream_id)))
 
-    async def _send_codes(
-        self, connection: ServerConnection, codes: list[torch.Tensor], stream_id: int, seq: int, frames: int
-    ) -> tuple[int, int]:
-        if not codes or codes[0].numel() == 0:
-            return seq, frames
-        packets = split_codes(
-            codes,
-            self.info,
-            self.max_frames_per_packet,
-            stream_id=stream_id,
-            first_seq=seq,
-            first_frame=frames,
-        )
-        for packet in packets:
-            await connection.send(encode_packet(packet, self.info))
-            frames += packet.n_frames
-        return seq + len(packets), frames
+        async def send(codes: list[torch.Tensor], samples: int) -> None:
+            for packet in stream.packets(codes, self.info, self.max_frames_per_packet):
+                await connection.send(encode_packet(packet, self.info))
+
+        samples = await self.encode_messages(connection, session, dtype, bucket, send)
+        await connection.send(encode_packet(stream.end(samples)))
+        self.server.counters["encode_streams_completed"] += 1
+        await connection.close(1000, "")
 
     # -- /decode ----------------------------------------------------------------------------
 
@@ -297,7 +328,7 @@ class ModelEndpoints:
     async def _decode(self, connection: ServerConnection, bucket: TokenBucket) -> None:
         server, info = self.server, self.info
         limit = server.config.max_message_size
-        receiver = await self._call(
+        receiver = await self.run(
             CodeReceiver,
             self.model,
             self.seed,
@@ -309,23 +340,25 @@ class ModelEndpoints:
         hello_seen = False
         try:
             while True:
-                message = await self._recv(connection)
+                message = await self.recv(connection)
                 head = decode_header(message, info if hello_seen else None, limit)
                 if head.kind is Kind.HELLO and hello_seen:
-                    raise UnexpectedPacket("one stream per /decode connection: HELLO after HELLO")
+                    raise PacketError(
+                        "one stream per /decode connection: HELLO after HELLO", CloseCode.UNEXPECTED_PACKET
+                    )
                 if head.kind in (Kind.CODES, Kind.END) and not hello_seen:
-                    raise UnexpectedPacket(f"{head.kind.name} packet before HELLO")
+                    raise PacketError(f"{head.kind.name} packet before HELLO", CloseCode.UNEXPECTED_PACKET)
                 if head.kind is Kind.CODES:
-                    self._spend(bucket, head.n_frames * info.frame_size)
+                    self.spend(bucket, head.n_frames * info.frame_size)
                     server.counters["decode_frames_in"] += head.n_frames
-                audio = await self._call(receiver.on_packet, message)
+                audio = await self.run(_receive, receiver, message, head, info)
                 hello_seen = hello_seen or head.kind is Kind.HELLO
                 await self._send_pcm(connection, audio)
                 if head.kind is Kind.END:
                     server.counters["decode_streams_completed"] += 1
                     break
                 if head.kind is Kind.ERROR:  # the client gave up on its stream
-                    await self._send_pcm(connection, await self._call(receiver.close))
+                    await self._send_pcm(connection, await self.run(receiver.close))
                     break
         finally:
             _close(receiver.session)
@@ -340,25 +373,16 @@ class ModelEndpoints:
             await connection.send(data[start : start + self.pcm_chunk].tobytes())
 
 
+def _receive(receiver: CodeReceiver, message: bytes, head: PacketHeader, info: ModelInfo) -> np.ndarray:
+    """The packet whose header the handler read, parsed to the end and decoded (blocking)."""
+    return receiver.on_packet(decode_body(message, head, info))
+
+
 def _close(session) -> None:
     """Release a session's stream in a shared engine (batched sessions); a no-op otherwise."""
     close = getattr(session, "close", None)
     if close is not None:
         close()
-
-
-def batched_sessions(model, max_streams: int = 64, workers: int | None = None) -> tuple[Callable, Callable]:
-    """Session factories on shared multi-stream engines: concurrent connections in the same
-    phase run as one batch, on ``workers`` shards per endpoint (default: one per core; see
-    :mod:`snac_stream.engine.batcher`)."""
-    from snac_stream.engine.batcher import BatchedDecodeSession, BatchedEncodeSession, BatcherPool
-    from snac_stream.engine.multistream import MultiStreamDecoder, MultiStreamEncoder
-
-    encoder = BatcherPool(MultiStreamEncoder(model, max_streams), workers)
-    decoder = BatcherPool(MultiStreamDecoder(model, max_streams), workers)
-    return (lambda _model: encoder.open(BatchedEncodeSession)), (
-        lambda _model, seed: decoder.open(lambda b: BatchedDecodeSession(b, seed))
-    )
 
 
 def add_model_endpoints(
@@ -378,18 +402,27 @@ def add_model_endpoints(
     ``decode_session(model, seed)`` make the per-connection model sessions. Limits come
     from ``server.config`` (``max_model_sessions``, ``model_rate``, ``model_burst``, ...).
     Returns the :class:`ModelEndpoints` (its ``active`` counts running sessions).
-    By default the sessions share batched multi-stream engines (:func:`batched_sessions`).
+    By default the sessions share batched multi-stream engines: concurrent connections in the
+    same phase run as one batch, on ``engine_workers`` shards per endpoint (default: one per
+    core; see :mod:`snac_stream.engine.batcher`); the server closes them when it stops.
     """
-    if encode_session is None or decode_session is None:
-        c = server.config
-        batched_encode, batched_decode = batched_sessions(
-            model, c.max_model_sessions, c.engine_workers or None
-        )
-        encode_session = encode_session or batched_encode
-        decode_session = decode_session or batched_decode
+    from snac_stream.engine.batcher import BatchedDecodeSession, BatchedEncodeSession, BatcherPool
+    from snac_stream.engine.multistream import MultiStreamDecoder, MultiStreamEncoder
+
+    c = server.config
+    pools: list[BatcherPool] = []
+    if encode_session is None:
+        encoder = BatcherPool(MultiStreamEncoder(model, c.max_model_sessions), c.engine_workers or None)
+        pools.append(encoder)
+        encode_session = lambda _model: encoder.open(BatchedEncodeSession)  # noqa: E731
+    if decode_session is None:
+        decoder = BatcherPool(MultiStreamDecoder(model, c.max_model_sessions), c.engine_workers or None)
+        pools.append(decoder)
+        decode_session = lambda _model, seed: decoder.open(lambda b: BatchedDecodeSession(b, seed))  # noqa: E731
     endpoints = ModelEndpoints(
-        server, model, seed=seed, encode_session=encode_session, decode_session=decode_session
+        server, model, seed=seed, encode_session=encode_session, decode_session=decode_session, pools=pools
     )
     server.add_route(encode_path, endpoints.handle_encode)
     server.add_route(decode_path, endpoints.handle_decode)
+    server.on_stopped(endpoints.close)
     return endpoints

@@ -2,7 +2,7 @@
 
 ::
 
-    HELLO ─► check the model (ModelMismatch) ─► new stream (or resume: same stream_id)
+    HELLO ─► check the model (MODEL_MISMATCH) ─► new stream (or resume: same stream_id)
     CODES ─► in order ──────────► DecodeSession.push ─► hold-back ─► audio out
           ─► gap (frames lost) ─► DecodeSession.flush, silence for the missing frames,
                                   DecodeSession.reset, then push          (counted)
@@ -38,20 +38,23 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from snac_stream.engine.conceal import conceal_gap
 from snac_stream.engine.decoder import StreamingDecoder
 from snac_stream.protocol.packets import (
     DEFAULT_MAX_PACKET,
+    CloseCode,
     CodePacket,
     End,
     EndReason,
     ErrorPacket,
     Hello,
-    MalformedPacket,
     ModelInfo,
     Packet,
-    UnexpectedPacket,
+    PacketError,
     decode_packet,
 )
+
+from .ledger import LossLedger, StreamCounts
 
 __all__ = ["DecodeSession", "ReceiverStats", "CodeReceiver"]
 
@@ -83,21 +86,12 @@ class DecodeSession:
 
 
 @dataclass
-class ReceiverStats:
-    """What a :class:`CodeReceiver` got, concealed and discarded (all cumulative)."""
+class ReceiverStats(StreamCounts):
+    """What a :class:`CodeReceiver` got, concealed (``frames_lost``: with silence) and discarded
+    (all cumulative; the stream and frame counters are kept by its :class:`LossLedger`)."""
 
     packets: int = 0
-    streams: int = 0  #: streams started (HELLO with a new stream_id)
-    streams_resumed: int = 0  #: HELLO repeating the open stream (a listener that reconnected)
-    streams_completed: int = 0  #: END with reason COMPLETE
-    streams_aborted: int = 0  #: END with another reason, ERROR, a new HELLO, or close() mid-stream
-    frames_received: int = 0
-    frames_lost: int = 0  #: frames concealed with silence (gaps inside a stream, lost tail)
-    frames_missed_at_join: int = 0  #: frames before the first CODES of a late-joined stream
-    packets_lost: int = 0  #: gaps in CODES ``seq`` after the first CODES received
     gaps: int = 0  #: concealment events (each flushes and resets the decoder)
-    packets_late: int = 0  #: CODES for frames already decoded or concealed (discarded)
-    frames_late: int = 0
     samples_out: int = 0  #: samples returned (concealment included)
     samples_concealed: int = 0  #: silence samples returned for lost frames
     samples_overrun: int = 0  #: released samples past an END's total_samples (see exact_end)
@@ -106,10 +100,8 @@ class ReceiverStats:
 
 @dataclass
 class _Stream:
-    stream_id: int
-    started: bool = False  #: a CODES packet was received
-    next_frame: int = 0  #: absolute index of the next coarse frame expected
-    next_seq: int = 0
+    """The open stream's audio; its frame and seq position are in the :class:`LossLedger`."""
+
     start: int = 0  #: absolute sample index of the stream's first output sample
     pos: int = 0  #: absolute sample index of the first held sample (= start + released so far)
     held: list[np.ndarray] = field(default_factory=list)
@@ -119,7 +111,7 @@ class _Stream:
 class CodeReceiver:
     """Decode a code stream packet by packet: ``on_packet(packet) -> float32 audio``.
 
-    ``model`` is the decoder's model (a HELLO for another model raises ``ModelMismatch``);
+    ``model`` is the decoder's model (a HELLO for another model raises ``MODEL_MISMATCH``);
     ``seed`` keys the decoder noise (as ``model.decode(codes, seed=seed)``).
     ``live_join=True``: a stream's output starts at its first CODES received (a late
     joiner does not get silence for what it missed); ``False``: at frame 0 (frames missing
@@ -129,7 +121,7 @@ class CodeReceiver:
 
     ``on_packet`` takes a :class:`~snac_stream.protocol.packets.Packet` or its bytes and returns the
     samples that became final (possibly none). It raises :class:`PacketError` for a bad
-    packet (bytes that do not parse), ``ModelMismatch``, or ``UnexpectedPacket`` (CODES or
+    packet (bytes that do not parse), ``MODEL_MISMATCH``, or ``UNEXPECTED_PACKET`` (CODES or
     END without a HELLO or for another stream_id, END with fewer frames than received); the
     receiver's state is unchanged then, so a caller may log it and go on. ``close()`` ends
     an open stream without END (the connection is gone) and returns its held samples.
@@ -154,6 +146,7 @@ class CodeReceiver:
         self.max_packet = max_packet
         self.session = (session_factory or DecodeSession)(model, seed)
         self.stats = ReceiverStats()
+        self.ledger = LossLedger(self.stats, live_join)
         self.stream: _Stream | None = None
         self.last_end: End | None = None  #: the END of the last finished stream
         self._pushed = False  # the decoder has state: flush before reuse
@@ -167,12 +160,12 @@ class CodeReceiver:
 
     @property
     def stream_id(self) -> int | None:
-        return None if self.stream is None else self.stream.stream_id
+        return None if self.ledger.stream is None else self.ledger.stream[0]
 
     @property
     def next_frame(self) -> int:
         """Absolute index of the next coarse frame the open stream expects (0 if none)."""
-        return 0 if self.stream is None else self.stream.next_frame
+        return 0 if self.stream is None else self.ledger.next_frame
 
     # -- packets ------------------------------------------------------------------------
 
@@ -187,7 +180,8 @@ class CodeReceiver:
             out = self._end(packet)
         elif isinstance(packet, ErrorPacket):
             self.stats.errors.append(packet)
-            out = self._abort()
+            self.ledger.abort()
+            out = self._drain()
         else:
             raise TypeError(f"not a packet: {type(packet).__name__}")
         self.stats.packets += 1
@@ -196,101 +190,93 @@ class CodeReceiver:
 
     def close(self) -> np.ndarray:
         """The stream ends without END (connection lost): return the held samples, untrimmed."""
-        out = self._abort()
+        self.ledger.abort()
+        out = self._drain()
         self.stats.samples_out += out.size
         return out
 
     def _hello(self, hello: Hello) -> np.ndarray:
-        self.info.check_compatible(hello.info)  # ModelMismatch
-        s = self.stream
-        if s is not None and s.stream_id == hello.stream_id:
-            self.stats.streams_resumed += 1  # the relay repeats the HELLO to a reconnected listener
-            return _EMPTY
-        out = self._abort()
-        self.stream = _Stream(hello.stream_id)
-        self.stats.streams += 1
+        self.info.check_compatible(hello.info)  # MODEL_MISMATCH
+        if self.ledger.hello(hello.stream_id, hello.info):
+            return _EMPTY  # the relay repeats the HELLO to a reconnected listener
+        out = self._drain()
+        self.stream = _Stream()
         return out
 
     def _check(self, packet: CodePacket | End) -> _Stream:
-        s = self.stream
+        s, open_id = self.stream, self.stream_id
         name = "CODES" if isinstance(packet, CodePacket) else "END"
         if s is None:
-            raise UnexpectedPacket(f"{name} packet without an open stream (no HELLO)")
-        if packet.stream_id != s.stream_id:
-            raise UnexpectedPacket(f"{name} for stream {packet.stream_id}, the open stream is {s.stream_id}")
+            raise PacketError(f"{name} packet without an open stream (no HELLO)", CloseCode.UNEXPECTED_PACKET)
+        if packet.stream_id != open_id:
+            raise PacketError(
+                f"{name} for stream {packet.stream_id}, the open stream is {open_id}",
+                CloseCode.UNEXPECTED_PACKET,
+            )
         return s
 
     def _codes(self, p: CodePacket) -> np.ndarray:
         s = self._check(p)
         levels = list(p.codes)
         if len(levels) != self.info.n_levels:
-            raise MalformedPacket(f"CODES with {len(levels)} levels, the model has {self.info.n_levels}")
+            raise PacketError(
+                f"CODES with {len(levels)} levels, the model has {self.info.n_levels}", CloseCode.MALFORMED
+            )
         n = p.n_frames
         for i, (c, r) in enumerate(zip(levels, self.info.codes_per_level, strict=True)):
             if c.numel() != n * r:
-                raise MalformedPacket(f"CODES level {i} has {c.numel()} codes, expected {n}*{r}")
-        f = p.first_frame
-        if not s.started:
-            s.started = True
-            if self.live_join:
-                s.next_frame = f
-                s.pos = s.start = f * self.frame_out
-                s.next_seq = p.seq
-                self.stats.frames_missed_at_join += f
-        if n == 0:
+                raise PacketError(
+                    f"CODES level {i} has {c.numel()} codes, expected {n}*{r}", CloseCode.MALFORMED
+                )
+        if not self.ledger.joined:  # a live joiner's output starts here
+            s.pos = s.start = p.first_frame * self.frame_out
+        gap = self.ledger.codes(p.seq, p.first_frame, n)
+        if gap is None:  # empty, or already decoded or concealed: too late
             return _EMPTY
-        if f < s.next_frame:  # already decoded or concealed: too late
-            self.stats.packets_late += 1
-            self.stats.frames_late += n
-            return _EMPTY
-        if f > s.next_frame:
-            self._conceal(s, f - s.next_frame)
-        self.stats.packets_lost += max(p.seq - s.next_seq, 0)
+        if gap:
+            self._conceal(s, gap)
         if self._needs_reset:
             self.session.reset()
             self._needs_reset = False
         self._hold(s, self.session.push(levels))
         self._pushed = True
-        s.next_frame = f + n
-        s.next_seq = p.seq + 1
-        self.stats.frames_received += n
-        return self._release(s, s.next_frame * self.frame_out - self.holdback)
+        return self._release(s, self.ledger.next_frame * self.frame_out - self.holdback)
 
     def _end(self, e: End) -> np.ndarray:
         s = self._check(e)
-        if e.total_frames < s.next_frame:
-            raise UnexpectedPacket(f"END total_frames {e.total_frames}, frames up to {s.next_frame} received")
+        received = self.ledger.next_frame
+        if e.total_frames < received:
+            raise PacketError(
+                f"END total_frames {e.total_frames}, frames up to {received} received",
+                CloseCode.UNEXPECTED_PACKET,
+            )
         untrimmed = e.total_frames * self.frame_out
         if e.total_samples > untrimmed:
-            raise MalformedPacket(f"END total_samples {e.total_samples} > {e.total_frames} frames")
+            raise PacketError(
+                f"END total_samples {e.total_samples} > {e.total_frames} frames", CloseCode.MALFORMED
+            )
         end = e.total_samples if e.reason == EndReason.COMPLETE else untrimmed
-        if not s.started and self.live_join:
-            self.stats.frames_missed_at_join += e.total_frames  # joined after the last CODES
+        joined = self.ledger.joined
+        tail = self.ledger.end(e.seq, e.total_frames, e.reason == EndReason.COMPLETE)
+        if not joined:  # joined after the last CODES
             s.pos = s.start = untrimmed
+        elif tail:
+            self._conceal(s, tail)
         else:
-            if s.started:
-                self.stats.packets_lost += max(e.seq - s.next_seq, 0)
-            if e.total_frames > s.next_frame:
-                self._conceal(s, e.total_frames - s.next_frame)
-            else:
-                self._hold(s, self._flush())
+            self._hold(s, self._flush())
         out = self._release(s, end)
         self.stats.samples_overrun += max(s.pos - max(end, s.start), 0)
-        if e.reason == EndReason.COMPLETE:
-            self.stats.streams_completed += 1
-        else:
-            self.stats.streams_aborted += 1
         self.stream = None
         self.last_end = e
         return out
 
-    def _abort(self) -> np.ndarray:
+    def _drain(self) -> np.ndarray:
+        """Forget the open stream (the ledger already closed it): its held samples, untrimmed."""
         s = self.stream
         if s is None:
             return _EMPTY
         self._hold(s, self._flush())
         out = self._release(s, s.pos + s.held_len)
-        self.stats.streams_aborted += 1
         self.stream = None
         return out
 
@@ -304,13 +290,10 @@ class CodeReceiver:
         return self.session.flush()
 
     def _conceal(self, s: _Stream, n_frames: int) -> None:
-        """Frames ``s.next_frame .. +n_frames`` are lost: end the decoder's segment, add silence."""
-        self._hold(s, self._flush())
+        """``n_frames`` frames were lost (counted by the ledger): end the decoder's segment, add silence."""
         silence = n_frames * self.frame_out
-        self._hold(s, np.zeros(silence, dtype=np.float32))
-        s.next_frame += n_frames
+        self._hold(s, conceal_gap(self._flush(), n_frames, self.frame_out))
         self.stats.gaps += 1
-        self.stats.frames_lost += n_frames
         self.stats.samples_concealed += silence
 
     @staticmethod

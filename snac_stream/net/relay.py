@@ -15,6 +15,7 @@ import collections
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,9 +30,8 @@ from snac_stream.protocol.packets import (
     Kind,
     ModelInfo,
     PacketError,
-    UnexpectedPacket,
+    decode_body,
     decode_header,
-    decode_packet,
     encode_packet,
 )
 
@@ -211,6 +211,12 @@ class Room:
         self.next_seq = 0
         self.next_frame = 0
         self.stats: collections.Counter[str] = collections.Counter()
+        # Rooms across nodes (net/broker.py): where the open stream comes from ("local": this
+        # node's publisher, "remote": the broker), the hook that copies local packets to the
+        # broker, and members still being admitted (the room is not released meanwhile).
+        self.origin = "local"
+        self.mirror: Callable[[Room, bytes, Kind], None] | None = None
+        self.joining = 0
 
     @property
     def stream_open(self) -> bool:
@@ -218,7 +224,7 @@ class Room:
 
     @property
     def empty(self) -> bool:
-        return self.publisher is None and not self.listeners
+        return self.publisher is None and not self.listeners and not self.joining
 
     def snapshot(self) -> dict[str, Any]:
         """Per-room stats for /health (JSON-ready)."""
@@ -240,6 +246,13 @@ class Room:
         for listener in list(self.listeners):
             listener.offer(data, kind, n_frames, force)
         self.stats["packets_out"] += len(self.listeners)
+        if self.mirror is not None and self.origin == "local":
+            self.mirror(self, data, kind)
+
+    def deliver(self, data: bytes, kind: Kind, n_frames: int = 0) -> None:
+        """Fan a packet of a remote stream (``origin == "remote"``, from the broker) out to the
+        local listeners."""
+        self._broadcast(data, kind, n_frames)
 
     def add_listener(self, listener: ListenerSession) -> None:
         self.listeners.add(listener)
@@ -268,11 +281,15 @@ class Room:
         self.stats["bytes_in"] += len(data)
         if head.kind is Kind.HELLO:
             if self.stream_open:
-                raise UnexpectedPacket(f"HELLO while stream {self.stream_id} is open (send END first)")
-            hello = decode_packet(data, max_size=self.config.max_message_size)
+                raise PacketError(
+                    f"HELLO while stream {self.stream_id} is open (send END first)",
+                    CloseCode.UNEXPECTED_PACKET,
+                )
+            hello = decode_body(data, head, None)
             assert isinstance(hello, Hello)
             self.info, self.stream_id = hello.info, hello.stream_id
             self.next_seq = self.next_frame = 0
+            self.origin = "local"
             self.hello = data
             self.stats["streams_started"] += 1
             self._broadcast(data, Kind.HELLO)
@@ -284,14 +301,19 @@ class Room:
                 self.stats["streams_aborted"] += 1
             return
         if not self.stream_open:
-            raise UnexpectedPacket(f"{head.kind.name} packet before HELLO")
+            raise PacketError(f"{head.kind.name} packet before HELLO", CloseCode.UNEXPECTED_PACKET)
         if head.stream_id != self.stream_id:
-            raise UnexpectedPacket(f"stream_id {head.stream_id}, the open stream is {self.stream_id}")
+            raise PacketError(
+                f"stream_id {head.stream_id}, the open stream is {self.stream_id}",
+                CloseCode.UNEXPECTED_PACKET,
+            )
         if head.seq != self.next_seq:
-            raise UnexpectedPacket(f"seq {head.seq}, expected {self.next_seq}")
+            raise PacketError(f"seq {head.seq}, expected {self.next_seq}", CloseCode.UNEXPECTED_PACKET)
         if head.kind is Kind.CODES:
             if head.first_frame != self.next_frame:
-                raise UnexpectedPacket(f"first_frame {head.first_frame}, expected {self.next_frame}")
+                raise PacketError(
+                    f"first_frame {head.first_frame}, expected {self.next_frame}", CloseCode.UNEXPECTED_PACKET
+                )
             self.next_seq += 1
             self.next_frame += head.n_frames
             self.stats["frames_in"] += head.n_frames
@@ -299,7 +321,9 @@ class Room:
             return
         # END
         if head.total_frames != self.next_frame:
-            raise UnexpectedPacket(f"END total_frames {head.total_frames}, sent {self.next_frame}")
+            raise PacketError(
+                f"END total_frames {head.total_frames}, sent {self.next_frame}", CloseCode.UNEXPECTED_PACKET
+            )
         self._broadcast(data, Kind.END)
         self.hello = None
         self.stats["streams_completed"] += 1
@@ -314,6 +338,7 @@ class Relay:
         self.stopping = False
         self.sessions: set[asyncio.Task[Any]] = set()
         self.stats: collections.Counter[str] = collections.Counter()
+        self.broker: Any = None  #: a :class:`~snac_stream.net.broker.Broker` spanning nodes, or None
 
     def snapshot(self) -> dict[str, Any]:
         return {name: room.snapshot() for name, room in sorted(self.rooms.items())}
@@ -323,11 +348,52 @@ class Relay:
         if room is None and len(self.rooms) < self.config.max_rooms:
             room = self.rooms[name] = Room(name, self.config)
             self.stats["rooms_created"] += 1
+            if self.broker is not None:
+                self.broker.attach(room)
         return room
 
     def _release(self, room: Room) -> None:
         if room.empty and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+            if self.broker is not None:
+                self.broker.detach(room)
+
+    # -- in-process members (the browser bridge, net/browser.py) -------------------------
+
+    def join(self, name: str) -> Room | None:
+        """The room ``name`` (created if there is space; None: ``max_rooms`` reached or shutting
+        down) for a member that is not a relay connection; call :meth:`leave` when done."""
+        return None if self.stopping else self._room(name)
+
+    def leave(self, room: Room) -> None:
+        """Forget ``room`` if nobody is in it any more."""
+        self._release(room)
+
+    def release_publisher(self, room: Room, owner: Any) -> None:
+        """``owner`` stops publishing: free the slot and END an open stream (PUBLISHER_LOST)."""
+        if room.publisher is not owner:
+            return
+        room.publisher = None
+        if room.stream_open and not self.stopping:
+            room.end_stream(EndReason.PUBLISHER_LOST)
+        if self.broker is not None:
+            self.broker.publisher_left(room)
+
+    async def claim_publisher(self, room: Room, owner: Any) -> tuple[int, str] | None:
+        """Make ``owner`` the room's publisher (cluster-wide with a broker); None, or the
+        (close code, reason) that refuses it."""
+        if room.publisher is not None:
+            room.stats["publishers_rejected"] += 1
+            return CloseCode.PUBLISHER_EXISTS, f"room {room.name} already has a publisher"
+        room.publisher = owner
+        if self.broker is not None:
+            refusal = await self.broker.claim_publisher(room)
+            if refusal is not None:
+                room.publisher = None
+                room.stats["publishers_rejected"] += 1
+                return refusal
+        room.stats["publishers_joined"] += 1
+        return None
 
     async def handle(self, connection: ServerConnection, request: Any) -> None:
         """Route handler: ``request.subpath`` is the room name, ``request.query['role']`` the role."""
@@ -366,14 +432,10 @@ class Relay:
             self._release(room)
 
     async def _publisher(self, room: Room, connection: ServerConnection) -> None:
-        if room.publisher is not None:
-            room.stats["publishers_rejected"] += 1
-            await close_draining(
-                connection, CloseCode.PUBLISHER_EXISTS, f"room {room.name} already has a publisher"
-            )
+        refusal = await self.claim_publisher(room, connection)
+        if refusal is not None:
+            await close_draining(connection, *refusal)
             return
-        room.publisher = connection
-        room.stats["publishers_joined"] += 1
         code, reason = 1000, ""
         try:
             while True:
@@ -392,16 +454,15 @@ class Relay:
                     room.publish(message)
                 except PacketError as e:
                     room.stats["publisher_errors"] += 1
-                    code, reason = e.close_code, str(e)
+                    code, reason = e.code, str(e)
                     break
                 # recv() does not yield while messages are buffered: let the listeners'
                 # senders run between packets, so a burst does not fill their queues.
                 await asyncio.sleep(0)
+                if self.broker is not None:  # a publisher faster than Redis waits (bounded outbox)
+                    await self.broker.writable(room)
         finally:
-            if room.publisher is connection:
-                room.publisher = None
-            if room.stream_open and not self.stopping:
-                room.end_stream(EndReason.PUBLISHER_LOST)
+            self.release_publisher(room, connection)
         if code != 1000:
             log.info("room %s: closing publisher: %d %s", room.name, code, reason)
             await close_draining(connection, code, reason)
@@ -415,12 +476,24 @@ class Relay:
                 f"room {room.name} has {self.config.max_listeners_per_room} listeners",
             )
             return
+        if self.broker is not None:  # the limit holds across the cluster
+            room.joining += 1
+            try:
+                refusal = await self.broker.admit_listener(room)
+            finally:
+                room.joining -= 1
+            if refusal is not None:
+                room.stats["listeners_rejected"] += 1
+                await close_draining(connection, *refusal)
+                return
         session = ListenerSession(connection, room, self.config.listener_queue, self.config.slow_listener)
         room.add_listener(session)
         try:
             await session.run()
         finally:
             room.listeners.discard(session)
+            if self.broker is not None:
+                self.broker.listener_left(room)
 
     async def shutdown(self) -> None:
         """END every open stream (reason SHUTDOWN), then close everyone with 1001."""

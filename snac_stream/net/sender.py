@@ -23,7 +23,7 @@ import torch
 
 from snac_model import SNAC
 from snac_stream.engine.encoder import StreamingEncoder
-from snac_stream.protocol.packets import CodePacket, End, Hello, ModelInfo, Packet
+from snac_stream.protocol.packets import End, Hello, ModelInfo, Packet, split_codes
 
 
 @dataclass
@@ -54,16 +54,20 @@ class Packetizer:
             codes = [torch.cat((a, b), dim=-1) for a, b in zip(self._pending, codes, strict=True)]
         per = self.info.codes_per_level
         n = codes[0].shape[-1]
-        out: list[Packet] = []
-        start = 0
-        while n - start >= self.frames_per_packet or (final and n > start):
-            stop = min(start + self.frames_per_packet, n)
-            chunk = [c[0, start * r : stop * r].clone() for c, r in zip(codes, per, strict=True)]
-            out.append(CodePacket(self.stream_id, self._seq, self.stats.frames, chunk))
-            self._seq += 1
-            self.stats.frames += stop - start
-            start = stop
-        self._pending = [c[:, start * r :] for c, r in zip(codes, per, strict=True)]
+        whole = n if final else n - n % self.frames_per_packet  # frames that leave now
+        out: list[Packet] = list(
+            split_codes(
+                [c[:, : whole * r] for c, r in zip(codes, per, strict=True)],
+                self.info,
+                self.frames_per_packet,
+                stream_id=self.stream_id,
+                first_seq=self._seq,
+                first_frame=self.stats.frames,
+            )
+        )
+        self._pending = [c[:, whole * r :] for c, r in zip(codes, per, strict=True)]
+        self._seq += len(out)
+        self.stats.frames += whole
         self.stats.packets += len(out)
         return out
 

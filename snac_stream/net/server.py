@@ -35,6 +35,7 @@ from websockets.http11 import Request, Response
 
 from snac_stream.protocol.packets import PROTOCOL_VERSION, CloseCode, PacketError
 
+from .broker import Broker, BrokerConfig, BrokerError
 from .relay import Relay, RelayConfig, close_draining
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "RouteRequest",
     "Handler",
     "HttpHandler",
+    "PageHandler",
     "Server",
     "run_server",
     "add_serve_arguments",
@@ -79,6 +81,9 @@ class ServerConfig:
     engine_workers: int = 0  #: batched model shards per endpoint, one thread each (0: one per CPU core)
     model_rate: float = 2.0  #: audio seconds per wall-clock second, per /encode or /decode connection
     model_burst: float = 10.0  #: audio seconds a model connection may send ahead of model_rate
+    broker: str | None = None  #: redis://HOST:PORT/DB: rooms span every node sharing it (net/broker.py)
+    broker_maxlen: int = 128  #: packets kept per room in Redis, and buffered per room while it is away
+    broker_lease: float = 5.0  #: seconds until a silent node's publishers and listeners count as gone
 
     def __post_init__(self) -> None:
         positive = (
@@ -96,6 +101,8 @@ class ServerConfig:
             "max_model_sessions",
             "model_rate",
             "model_burst",
+            "broker_maxlen",
+            "broker_lease",
         )
         bad = [name for name in positive if not getattr(self, name) > 0]
         if bad:
@@ -106,6 +113,21 @@ class ServerConfig:
             raise ValueError("ServerConfig: engine_workers must be >= 0 (0: one per CPU core)")
         if not 0 <= self.port <= 65535:
             raise ValueError("ServerConfig: port must be in 0..65535")
+        if self.broker is not None:
+            try:
+                self.broker_config()
+            except ValueError as e:
+                raise ValueError(f"ServerConfig: {e}") from None
+
+    def broker_config(self) -> BrokerConfig:
+        assert self.broker is not None
+        return BrokerConfig(
+            self.broker,
+            maxlen=self.broker_maxlen,
+            lease=self.broker_lease,
+            max_listeners_per_room=self.max_listeners_per_room,
+            max_message_size=self.max_message_size,
+        )
 
     def relay_config(self) -> RelayConfig:
         return RelayConfig(
@@ -133,6 +155,7 @@ class RouteRequest:
 
 Handler = Callable[[ServerConnection, RouteRequest], Awaitable[None]]
 HttpHandler = Callable[[RouteRequest], tuple[int, Any]]
+PageHandler = Callable[[RouteRequest], tuple[int, str, bytes]]
 
 
 async def run_in(executor: concurrent.futures.Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -148,12 +171,17 @@ class Server:
         self.config = config or ServerConfig()
         self.router: dict[str, Handler] = {}
         self.http_routes: dict[str, HttpHandler] = {}
+        self.page_routes: dict[str, PageHandler] = {}
         self.relay = Relay(self.config.relay_config())
         self.counters: collections.Counter[str] = collections.Counter()
         self.active: set[ServerConnection] = set()
         self.stopping = False
         self.started_at = time.monotonic()
         self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = [self.relay.shutdown]
+        self.broker = Broker(self.relay, self.config.broker_config()) if self.config.broker else None
+        if self.broker is not None:  # after the relay's: the streams' last packets go out first
+            self._shutdown_hooks.append(self.broker.stop)
+        self._stopped_hooks: list[Callable[[], None]] = []
         self._ws: WsServer | None = None
         self._port: int | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -173,9 +201,19 @@ class Server:
         """Answer plain HTTP requests for exactly ``path`` with ``handler(req) -> (status, json)``."""
         self.http_routes[path] = handler
 
+    def add_page_route(self, path: str, handler: PageHandler) -> None:
+        """Answer plain HTTP GETs for exactly ``path`` with ``handler(req) -> (status,
+        content_type, body)`` (static files of the browser page)."""
+        self.page_routes[path] = handler
+
     def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run ``await hook()`` at shutdown, after the server stopped accepting connections."""
         self._shutdown_hooks.append(hook)
+
+    def on_stopped(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` (blocking, in a thread) at the end of :meth:`stop`, after every connection
+        closed: release what routes own (e.g. the model endpoints' batched engines)."""
+        self._stopped_hooks.append(fn)
 
     @property
     def executor(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -217,8 +255,10 @@ class Server:
         return f"ws://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     async def start(self) -> None:
-        """Bind and start accepting connections."""
+        """Bind and start accepting connections (:class:`BrokerError` if the broker is unreachable)."""
         c = self.config
+        if self.broker is not None:
+            await self.broker.start()
         self.started_at = time.monotonic()
         self._ws = await serve(
             self._ws_handler,
@@ -257,6 +297,11 @@ class Server:
         for executor in [self._executor, *self._extra_executors]:
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
+        for fn in self._stopped_hooks:
+            try:
+                await asyncio.to_thread(fn)
+            except Exception:
+                log.exception("stop hook failed")
         log.info("snac-stream server stopped")
 
     async def __aenter__(self) -> Server:
@@ -296,6 +341,20 @@ class Server:
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = "application/json"
             return response
+        page = self.page_routes.get(req.path)
+        if page is not None:
+            self.counters["http_requests"] += 1
+            status, content_type, data = page(req)
+            headers = Headers(
+                [
+                    ("Connection", "close"),
+                    ("Content-Type", content_type),
+                    ("Content-Length", str(len(data))),
+                    ("Cache-Control", "no-cache"),
+                    ("X-Content-Type-Options", "nosniff"),
+                ]
+            )
+            return Response(status, http.HTTPStatus(status).phrase, headers, data)
         if self.match(req.path) is None:
             self.counters["http_not_found"] += 1
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
@@ -329,7 +388,7 @@ class Server:
             await handler(connection, req)
         except PacketError as e:
             self.counters["packet_errors"] += 1
-            await close_draining(connection, e.close_code, str(e))
+            await close_draining(connection, e.code, str(e))
         except ConnectionClosed:
             pass
         except Exception:
@@ -349,6 +408,12 @@ class Server:
             "room_count": len(rooms),
             "counters": dict(sorted((self.counters + self.relay.stats).items())),
         }
+        if self.broker is not None:
+            body["broker"] = self.broker.snapshot()
+            if self.broker.state != "up" and not self.stopping:
+                body["status"] = "degraded"  # rooms work on this node only
+            for name, room in rooms.items():
+                room["cluster"] = self.broker.room_snapshot(name)
         # Room names and per-room stats only for clients that hold the token.
         body["rooms"] = rooms if self.authorized(req) else None
         return (503 if self.stopping else 200), body
@@ -427,6 +492,24 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.model_burst,
         help=f"audio seconds such a connection may send ahead of --model-rate (default {d.model_burst:g})",
     )
+    a(
+        "--broker",
+        default=None,
+        metavar="URL",
+        help="redis://HOST:PORT/DB: rooms span every node using this Redis (one stream per room)",
+    )
+    a(
+        "--broker-maxlen",
+        type=int,
+        default=d.broker_maxlen,
+        help=f"packets kept per room in Redis and buffered while it is away (default {d.broker_maxlen})",
+    )
+    a(
+        "--broker-lease",
+        type=float,
+        default=d.broker_lease,
+        help=f"seconds until a silent node's publisher counts as lost (default {d.broker_lease:g})",
+    )
     a("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
@@ -448,6 +531,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         engine_workers=getattr(args, "engine_workers", d.engine_workers),
         model_rate=getattr(args, "model_rate", d.model_rate),
         model_burst=getattr(args, "model_burst", d.model_burst),
+        broker=getattr(args, "broker", None),
+        broker_maxlen=getattr(args, "broker_maxlen", d.broker_maxlen),
+        broker_lease=getattr(args, "broker_lease", d.broker_lease),
     )
 
 
@@ -465,4 +551,8 @@ def run_serve(args: argparse.Namespace, setup: Callable[[Server], Any] | None = 
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return run_server(config, setup)
+    try:
+        return run_server(config, setup)
+    except BrokerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

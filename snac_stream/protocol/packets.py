@@ -34,17 +34,10 @@ __all__ = [
     "Packet",
     "PacketHeader",
     "PacketError",
-    "TruncatedPacket",
-    "OversizedPacket",
-    "UnsupportedVersion",
-    "UnknownKind",
-    "MalformedPacket",
-    "CodeOutOfRange",
-    "ModelMismatch",
-    "UnexpectedPacket",
     "encode_packet",
     "decode_packet",
     "decode_header",
+    "decode_body",
     "pack_codes",
     "unpack_codes",
     "split_codes",
@@ -77,6 +70,7 @@ class EndReason(enum.IntEnum):
     COMPLETE = 0  #: the publisher finished; total_samples is the original audio length
     PUBLISHER_LOST = 1  #: the relay lost the publisher mid-stream; total_samples is untrimmed
     SHUTDOWN = 2  #: the relay is shutting down mid-stream; total_samples is untrimmed
+    BROKER_LOST = 3  #: the relay lost the broker that carried a remote publisher's stream; untrimmed
 
 
 class CloseCode(enum.IntEnum):
@@ -106,63 +100,21 @@ class CloseCode(enum.IntEnum):
     BAD_PCM = 4022  #: /encode: message length not a multiple of the sample size, or NaN/inf samples
     RATE_LIMITED = 4023  #: /encode, /decode: more audio than the per-connection budget allows
     SERVER_BUSY = 4024  #: /encode, /decode: ``max_model_sessions`` model sessions are running
+    UNKNOWN_ROOM = 4025  #: /browser/listen: nobody is in that room (``wait=1`` waits for a publisher)
 
 
 # --------------------------------------------------------------------------- errors
 
 
 class PacketError(ValueError):
-    """Base class of every error raised while reading or writing a packet."""
+    """A bad packet or request: ``code`` (a :class:`CloseCode`) is the close code that reports it.
 
-    close_code: int = CloseCode.PROTOCOL_ERROR
+    ``PacketError(message, CloseCode.TRUNCATED)``; the message is the close reason.
+    """
 
-
-class TruncatedPacket(PacketError):
-    """The packet ends before its fields do."""
-
-    close_code = CloseCode.TRUNCATED
-
-
-class OversizedPacket(PacketError):
-    """The packet is larger than the receiver accepts."""
-
-    close_code = CloseCode.OVERSIZED
-
-
-class UnsupportedVersion(PacketError):
-    """The version byte is not :data:`PROTOCOL_VERSION`."""
-
-    close_code = CloseCode.UNSUPPORTED_VERSION
-
-
-class UnknownKind(PacketError):
-    """The kind byte is not a :class:`Kind`."""
-
-    close_code = CloseCode.UNKNOWN_KIND
-
-
-class MalformedPacket(PacketError):
-    """Inconsistent lengths, invalid field values, trailing bytes or nonzero padding."""
-
-    close_code = CloseCode.MALFORMED
-
-
-class CodeOutOfRange(PacketError):
-    """A code is >= codebook_size (possible when codebook_size is not a power of 2)."""
-
-    close_code = CloseCode.CODE_OUT_OF_RANGE
-
-
-class ModelMismatch(PacketError):
-    """Two :class:`ModelInfo` differ; the message names the differing fields."""
-
-    close_code = CloseCode.MODEL_MISMATCH
-
-
-class UnexpectedPacket(PacketError):
-    """A well-formed packet that is not valid here (e.g. CODES before any HELLO)."""
-
-    close_code = CloseCode.UNEXPECTED_PACKET
+    def __init__(self, message: str, code: int = CloseCode.PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 # --------------------------------------------------------------------------- model info
@@ -257,14 +209,14 @@ class ModelInfo:
         return (n_frames * self.codes_per_frame * self.bits_per_code + 7) // 8
 
     def check_compatible(self, other: ModelInfo) -> None:
-        """Raise :class:`ModelMismatch` naming every field where ``other`` differs."""
+        """Raise :class:`PacketError` (``MODEL_MISMATCH``) naming every field where ``other`` differs."""
         diffs = [
             f"{name}: {getattr(self, name)!r} != {getattr(other, name)!r}"
             for name in ("sample_rate", "hop_length", "vq_strides", "codebook_size", "fingerprint")
             if getattr(self, name) != getattr(other, name)
         ]
         if diffs:
-            raise ModelMismatch("model mismatch: " + "; ".join(diffs))
+            raise PacketError("model mismatch: " + "; ".join(diffs), CloseCode.MODEL_MISMATCH)
 
 
 # --------------------------------------------------------------------------- packets
@@ -380,12 +332,12 @@ def pack_codes(codes: np.ndarray, bits: int) -> bytes:
 
 
 def unpack_codes(data: bytes | memoryview, count: int, bits: int) -> np.ndarray:
-    """Inverse of :func:`pack_codes`; raises :class:`MalformedPacket` on nonzero padding bits."""
+    """Inverse of :func:`pack_codes`; raises :class:`PacketError` (``MALFORMED``) on nonzero padding."""
     raw = np.frombuffer(data, dtype=np.uint8)
     bit_stream = np.unpackbits(raw, bitorder="little")
     used = count * bits
     if bit_stream[used:].any():
-        raise MalformedPacket("nonzero padding bits after the last code")
+        raise PacketError("nonzero padding bits after the last code", CloseCode.MALFORMED)
     weights = np.left_shift(np.int64(1), np.arange(bits, dtype=np.int64))
     return bit_stream[:used].reshape(count, bits).astype(np.int64) @ weights
 
@@ -404,7 +356,9 @@ def _frame_major(codes: Sequence[torch.Tensor], info: ModelInfo) -> tuple[np.nda
         if a.size != n_frames * r:
             raise ValueError(f"level {i} has {a.size} codes, expected {n_frames}*{r}")
         if a.size and (a.min() < 0 or a.max() >= info.codebook_size):
-            raise CodeOutOfRange(f"level {i}: codes must be in [0, {info.codebook_size})")
+            raise PacketError(
+                f"level {i}: codes must be in [0, {info.codebook_size})", CloseCode.CODE_OUT_OF_RANGE
+            )
     if n_frames == 0:
         return np.zeros(0, dtype=np.int64), 0
     flat = np.concatenate([a.reshape(n_frames, r) for a, r in zip(arrays, per, strict=True)], axis=1)
@@ -470,9 +424,9 @@ def encode_packet(packet: Packet, info: ModelInfo | None = None) -> bytes:
 
 def _exact(data: bytes | memoryview, size: int, what: str) -> None:
     if len(data) < size:
-        raise TruncatedPacket(f"{what} packet is {len(data)} bytes, needs {size}")
+        raise PacketError(f"{what} packet is {len(data)} bytes, needs {size}", CloseCode.TRUNCATED)
     if len(data) > size:
-        raise MalformedPacket(f"{what} packet has {len(data) - size} trailing bytes")
+        raise PacketError(f"{what} packet has {len(data) - size} trailing bytes", CloseCode.MALFORMED)
 
 
 def decode_header(
@@ -482,38 +436,40 @@ def decode_header(
 
     Checks size limit, version, kind, fixed lengths and (for CODES, when ``info`` is
     given) the exact payload length. HELLO field values are checked by
-    :func:`decode_packet`. Raises a :class:`PacketError` subclass.
+    :func:`decode_body`. Raises :class:`PacketError`.
     """
     n = len(data)
     if n > max_size:
-        raise OversizedPacket(f"packet is {n} bytes, limit {max_size}")
+        raise PacketError(f"packet is {n} bytes, limit {max_size}", CloseCode.OVERSIZED)
     if n < _HEAD.size:
-        raise TruncatedPacket(f"packet is {n} bytes, the header needs {_HEAD.size}")
+        raise PacketError(f"packet is {n} bytes, the header needs {_HEAD.size}", CloseCode.TRUNCATED)
     version, kind_byte = _HEAD.unpack_from(data)
     if version != PROTOCOL_VERSION:
-        raise UnsupportedVersion(f"protocol version {version}, this side speaks {PROTOCOL_VERSION}")
+        raise PacketError(
+            f"protocol version {version}, this side speaks {PROTOCOL_VERSION}", CloseCode.UNSUPPORTED_VERSION
+        )
     try:
         kind = Kind(kind_byte)
     except ValueError:
-        raise UnknownKind(f"unknown packet kind {kind_byte}") from None
+        raise PacketError(f"unknown packet kind {kind_byte}", CloseCode.UNKNOWN_KIND) from None
 
     if kind is Kind.HELLO:
         if n < _HELLO.size:
-            raise TruncatedPacket(f"HELLO packet is {n} bytes, needs at least {_HELLO.size}")
+            raise PacketError(f"HELLO packet is {n} bytes, needs at least {_HELLO.size}", CloseCode.TRUNCATED)
         fields = _HELLO.unpack_from(data)
         n_levels = fields[-1]
         if not 1 <= n_levels <= MAX_LEVELS:
-            raise MalformedPacket(f"HELLO states {n_levels} levels, not 1..{MAX_LEVELS}")
+            raise PacketError(f"HELLO states {n_levels} levels, not 1..{MAX_LEVELS}", CloseCode.MALFORMED)
         _exact(data, _HELLO.size + 2 * n_levels, "HELLO")
         return PacketHeader(version, kind, n, stream_id=fields[2])
     if kind is Kind.CODES:
         if n < _CODES.size:
-            raise TruncatedPacket(f"CODES packet is {n} bytes, needs at least {_CODES.size}")
+            raise PacketError(f"CODES packet is {n} bytes, needs at least {_CODES.size}", CloseCode.TRUNCATED)
         _, _, stream_id, seq, first_frame, n_frames = _CODES.unpack_from(data)
         if n_frames == 0:
-            raise MalformedPacket("CODES packet with 0 frames")
+            raise PacketError("CODES packet with 0 frames", CloseCode.MALFORMED)
         if first_frame + n_frames > U32_MAX:
-            raise MalformedPacket("first_frame + n_frames overflows 32 bits")
+            raise PacketError("first_frame + n_frames overflows 32 bits", CloseCode.MALFORMED)
         if info is not None:
             _exact(data, _CODES.size + info.payload_bytes(n_frames), "CODES")
         return PacketHeader(
@@ -525,11 +481,12 @@ def decode_header(
         try:
             EndReason(reason)
         except ValueError:
-            raise MalformedPacket(f"unknown END reason {reason}") from None
+            raise PacketError(f"unknown END reason {reason}", CloseCode.MALFORMED) from None
         if info is not None and total_samples > total_frames * info.frame_size:
-            raise MalformedPacket(
+            raise PacketError(
                 f"END: total_samples={total_samples} > total_frames*frame_size="
-                f"{total_frames * info.frame_size}"
+                f"{total_frames * info.frame_size}",
+                CloseCode.MALFORMED,
             )
         return PacketHeader(
             version,
@@ -543,7 +500,7 @@ def decode_header(
         )
     # ERROR
     if n < _ERROR.size:
-        raise TruncatedPacket(f"ERROR packet is {n} bytes, needs at least {_ERROR.size}")
+        raise PacketError(f"ERROR packet is {n} bytes, needs at least {_ERROR.size}", CloseCode.TRUNCATED)
     _, _, code, length = _ERROR.unpack_from(data)
     _exact(data, _ERROR.size + length, "ERROR")
     return PacketHeader(version, kind, n, code=code)
@@ -554,27 +511,38 @@ def decode_packet(
 ) -> Packet:
     """Parse one packet. CODES need ``info`` (from the stream's HELLO) to split levels.
 
-    Raises only :class:`PacketError` subclasses for bad input.
+    Raises only :class:`PacketError` for bad input.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"expected bytes, got {type(data).__name__}")
-    head = decode_header(data, info, max_size)
+    return decode_body(data, decode_header(data, info, max_size), info)
+
+
+def decode_body(data: bytes | bytearray | memoryview, head: PacketHeader, info: ModelInfo | None) -> Packet:
+    """The packet whose header :func:`decode_header` already read as ``head``: the rest of
+    :func:`decode_packet` (HELLO values, codes, ERROR message), without reading the header again.
+    """
     if head.kind is Kind.HELLO:
         _, _, stream_id, sr, hop, cb, fp, n_levels = _HELLO.unpack_from(data)
         strides = struct.unpack_from(f"<{n_levels}H", data, _HELLO.size)
         try:
             mi = ModelInfo(sr, hop, strides, cb, fp)
         except ValueError as e:
-            raise MalformedPacket(f"HELLO: {e}") from None
+            raise PacketError(f"HELLO: {e}", CloseCode.MALFORMED) from None
         return Hello(mi, stream_id)
     if head.kind is Kind.CODES:
         if info is None:
-            raise UnexpectedPacket("CODES packet without model info (no HELLO received yet)")
+            raise PacketError(
+                "CODES packet without model info (no HELLO received yet)", CloseCode.UNEXPECTED_PACKET
+            )
+        _exact(data, _CODES.size + info.payload_bytes(head.n_frames), "CODES")
         per = info.codes_per_level
         count = head.n_frames * info.codes_per_frame
         flat = unpack_codes(memoryview(data)[_CODES.size :], count, info.bits_per_code)
         if count and flat.max() >= info.codebook_size:
-            raise CodeOutOfRange(f"code {int(flat.max())} >= codebook_size {info.codebook_size}")
+            raise PacketError(
+                f"code {int(flat.max())} >= codebook_size {info.codebook_size}", CloseCode.CODE_OUT_OF_RANGE
+            )
         frames = flat.reshape(head.n_frames, info.codes_per_frame)
         bounds = np.cumsum((0,) + per)
         codes = [
@@ -587,7 +555,7 @@ def decode_packet(
     try:
         message = bytes(memoryview(data)[_ERROR.size :]).decode("utf-8")
     except UnicodeDecodeError:
-        raise MalformedPacket("ERROR message is not valid UTF-8") from None
+        raise PacketError("ERROR message is not valid UTF-8", CloseCode.MALFORMED) from None
     return ErrorPacket(head.code, message)
 
 

@@ -6,12 +6,22 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from streaming_helpers import build_model
 
 import snac_model
 from benchmarks.profile_hop import HopProfiler, hop_inputs, main, profile_hops
 from snac_stream import StreamingDecoder, kernels
+from snac_stream.kernels import CpuKernels, GenericKernels, Linear
+
+PATCHED = [(Linear, "__call__")] + [
+    (c, n) for c in (GenericKernels, CpuKernels) for n in ("snake", "dw_snake")
+]
+
+
+def methods() -> list:
+    return [vars(cls)[name] for cls, name in PATCHED]
 
 
 def decoder_gemm_flops_per_hop(cfg: dict) -> int:
@@ -42,20 +52,25 @@ def test_gemm_flops_match_the_architecture_single_and_batched(small_config):
         assert abs(sum(g["ms"] for g in r["gemm"].values()) - r["gemm_ms"]) < 1e-9
 
 
-def test_profiling_changes_no_output_and_restores_the_kernels(small_config):
+@pytest.mark.parametrize("choice", ["native", "generic"])
+def test_profiling_changes_no_output_and_restores_the_kernels(small_config, choice):
+    if choice == "native" and kernels.native.probe()[0] is None:
+        pytest.skip("no native kernels on this machine")
     model = build_model(small_config("plain", noise=True), torch.float32)
-    originals = (kernels.Linear.__call__, kernels.snake, kernels.dw_snake)
+    originals = methods()
     frames = hop_inputs(model, "decode", 5)
-    plain, profiled = StreamingDecoder(model, seed=3), StreamingDecoder(model, seed=3)
+    plain = StreamingDecoder(model, seed=3, kernels=choice)
+    profiled = StreamingDecoder(model, seed=3, kernels=choice)
+    assert plain.kernels.name == choice
     want = [plain.push(f) for f in frames] + [plain.flush()]
     with HopProfiler() as prof:
-        assert kernels.snake is not originals[1]
+        assert all(a is not b for a, b in zip(methods(), originals, strict=True))
         got = [profiled.push(f) for f in frames] + [profiled.flush()]
     for a, b in zip(want, got, strict=True):
         assert torch.equal(a, b)
     assert {"snake", "dw+snake"} <= set(prof.seconds)
     assert any(k.startswith("gemm ") for k in prof.flops)
-    assert (kernels.Linear.__call__, kernels.snake, kernels.dw_snake) == originals
+    assert methods() == originals
 
 
 def test_cli_profiles_the_published_24khz_decoder(tmp_path, capsys):
@@ -71,10 +86,18 @@ def test_cli_profiles_the_published_24khz_decoder(tmp_path, capsys):
     assert "ceiling" in capsys.readouterr().out
 
 
-def test_nested_kernel_calls_are_counted_once():
-    # float64 takes the torch passes, where dw_snake calls snake: time it as dw+snake only
+@pytest.mark.parametrize("kernel_set", [GenericKernels(), CpuKernels(None, packing=False)])
+def test_nested_kernel_calls_are_counted_once(kernel_set):
+    # float64 takes the torch passes, where dw_snake calls snake (CpuKernels: through its parent's
+    # methods, themselves patched): time it as dw+snake only, once
     u, taps = torch.randn(1, 20, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
     alpha = torch.rand(4, dtype=torch.float64) + 0.5
     with HopProfiler() as prof:
-        kernels.dw_snake(u, taps, None, alpha, 1 / alpha, 2, 16)
+        want = kernel_set.dw_snake(u, taps, None, alpha, 1 / alpha, 2, 16)
+        kernel_set.snake(want, alpha, 1 / alpha)
+    assert set(prof.seconds) == {"dw+snake", "snake"}
+    assert prof.seconds["dw+snake"] > 0
+    with HopProfiler() as prof:
+        got = kernel_set.dw_snake(u, taps, None, alpha, 1 / alpha, 2, 16)
     assert set(prof.seconds) == {"dw+snake"}
+    assert torch.equal(got, want)

@@ -113,3 +113,56 @@ def test_pool_spreads_streams_over_shards_sharing_weights_and_stays_exact() -> N
 def test_pool_rejects_no_workers() -> None:
     with pytest.raises(ValueError, match="workers must be >= 1"):
         BatcherPool(MultiStreamDecoder(_model(), 2), workers=0)
+
+
+def _decode_chunks(n: int, seed: int = 3) -> list[list[torch.Tensor]]:
+    """``n`` one-frame chunks of random codes (levels of 1 and 2 codes)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randint(0, 256, (1, r), generator=gen) for r in (1, 2)] for _ in range(n)]
+
+
+def test_one_stream_flooding_a_full_queue_does_not_deadlock() -> None:
+    """A stream may appear once per step: its other chunks wait in the worker, which never puts
+    into its own (full) queue. The submitter blocks on the full queue and goes on as it drains."""
+    model = _model()
+    chunks = _decode_chunks(40)
+    with StepBatcher(MultiStreamDecoder(model, 4), gather_ms=5, max_pending=3, submit_timeout=20) as batcher:
+        batcher.engine.open(0, 0)
+        with concurrent.futures.ThreadPoolExecutor(1) as submitter:  # submits without waiting for results
+            futures = submitter.submit(lambda: [batcher.submit(0, c) for c in chunks]).result(timeout=60)
+        got = np.concatenate([f.result(timeout=60).reshape(-1).float().numpy() for f in futures])
+        assert batcher.steps == batcher.items == 40  # one chunk of the stream per step
+    whole = [torch.cat([c[i] for c in chunks], dim=1) for i in range(2)]
+    expected = StreamingDecoder(model, seed=0).push(whole).reshape(-1).float().numpy()
+    assert got.size == expected.size > 0
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+
+
+def test_close_stops_the_thread_and_fails_pending_and_new_work() -> None:
+    batcher = StepBatcher(MultiStreamDecoder(_model(), 4), gather_ms=60_000)  # gathers for a minute
+    batcher.engine.open(0, 0)
+    batcher.engine.open(1, 0)
+    first = batcher.submit(0, _decode_chunks(1)[0])  # taken into the batch being gathered
+    pending = [batcher.submit(s, c) for s, c in zip((1, 0), _decode_chunks(2), strict=True)]
+    assert batcher.thread.is_alive() and not first.done()
+    batcher.close()
+    assert not batcher.thread.is_alive()
+    for future in (first, *pending):
+        with pytest.raises(RuntimeError, match="StepBatcher is closed"):
+            future.result(timeout=0)
+    with pytest.raises(RuntimeError, match="StepBatcher is closed"):
+        batcher.submit(0, _decode_chunks(1)[0])
+    batcher.close()  # twice is fine
+
+
+def test_pool_closes_as_a_context_manager_and_refuses_new_sessions() -> None:
+    with BatcherPool(MultiStreamDecoder(_model(), 4), workers=2, gather_ms=1) as pool:
+        session = pool.open(lambda b: BatchedDecodeSession(b, seed=0))
+        assert sum(session.push(c).size for c in _decode_chunks(12)) > 0  # past the decoder's lookahead
+        threads = [b.thread for b in pool.batchers]
+        assert len(threads) == 2 and all(t.is_alive() for t in threads)
+    assert not any(t.is_alive() for t in threads)
+    with pytest.raises(RuntimeError, match="StepBatcher is closed"):
+        session.push(_decode_chunks(1)[0])
+    with pytest.raises(RuntimeError, match="BatcherPool is closed"):
+        pool.open(lambda b: BatchedDecodeSession(b, seed=0))

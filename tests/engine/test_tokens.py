@@ -185,9 +185,10 @@ def whole_ticks(strides: list[int], n_tokens: int) -> int:
     return t
 
 
-def check_token_stream(model, codes, pieces, seed, lm: bool = False):
+def check_token_stream(model, codes, pieces, seed, lm: bool = False, hop_ticks: int | None = 1):
     """Feed the flat stream in ``pieces``; after each push the released audio equals what a
-    StreamingDecoder fed the completed whole ticks has released; at the end, offline decode."""
+    StreamingDecoder fed the completed whole ticks (down to a multiple of the hop) has
+    released; at the end, offline decode."""
     strides = model.vq_strides
     assert 1 in strides
     batch = codes[0].shape[0]
@@ -195,14 +196,16 @@ def check_token_stream(model, codes, pieces, seed, lm: bool = False):
     if lm:
         flat = to_lm_ids(flat, strides, model.codebook_size)
     n_ticks = codes[-1].shape[-1] * strides[-1]
-    tok = TokenDecoder(model, batch, seed=seed, lm_offset=ORPHEUS_AUDIO_OFFSET if lm else None)
+    lm_offset = ORPHEUS_AUDIO_OFFSET if lm else None
+    tok = TokenDecoder(model, batch, seed=seed, lm_offset=lm_offset, hop_ticks=hop_ticks)
+    hop = hop_ticks or strides[0]
     ref = StreamingDecoder(model, batch, seed=seed)
     got, want, pos, ref_ticks = [], [], 0, 0
     for size in pieces:
         piece = flat[:, pos : pos + size]
         got.append(tok.push(piece[0].tolist() if batch == 1 and size % 2 else piece))
         pos += size
-        t = whole_ticks(strides, pos)
+        t = whole_ticks(strides, pos) // hop * hop
         want.append(ref.push(split_codes(codes, strides, ref_ticks, t)))
         ref_ticks = t
         a, b = torch.cat(got, dim=-1), torch.cat(want, dim=-1)
@@ -223,9 +226,10 @@ def check_token_stream(model, codes, pieces, seed, lm: bool = False):
     batch=st.integers(1, 2),
     n_ticks=st.integers(0, 14),
     lm=st.booleans(),
+    hop_ticks=st.sampled_from([1, None, 2, 5]),
     data=st.data(),
 )
-def test_token_decoder_random_pieces(name, batch, n_ticks, lm, data):
+def test_token_decoder_random_pieces(name, batch, n_ticks, lm, hop_ticks, data):
     model = token_model(name)
     codes = random_codes(model, batch, n_ticks, seed=n_ticks)
     n_tokens = tokens_in_ticks(model.vq_strides, 0, n_ticks)
@@ -235,33 +239,46 @@ def test_token_decoder_random_pieces(name, batch, n_ticks, lm, data):
     for p in pieces:
         cut.append(min(p, n_tokens - pos))
         pos += cut[-1]
-    check_token_stream(model, codes, cut, seed=data.draw(st.integers(0, 100)), lm=lm)
+    check_token_stream(model, codes, cut, seed=data.draw(st.integers(0, 100)), lm=lm, hop_ticks=hop_ticks)
 
 
-def test_token_decoder_one_token_at_a_time_24khz():
+@pytest.mark.parametrize("hop_ticks", [1, None])
+def test_token_decoder_one_token_at_a_time_24khz(hop_ticks):
     model = random_model("24khz").double()
     n_ticks = 4 * 4 + 1
     codes = random_codes(model, 1, n_ticks, seed=3)
     n_tokens = tokens_in_ticks(model.vq_strides, 0, n_ticks)
-    check_token_stream(model, codes, [1] * n_tokens, seed=11, lm=True)
+    check_token_stream(model, codes, [1] * n_tokens, seed=11, lm=True, hop_ticks=hop_ticks)
 
 
-def test_token_decoder_releases_at_analytic_need():
-    """Audio for tick t comes out as soon as tick t's tokens and the lookahead are in: after
-    each token, the samples released are exactly those whose analytic tick need is met."""
+@pytest.mark.parametrize("hop_ticks", [1, None, 3])
+def test_token_decoder_releases_at_analytic_need(hop_ticks):
+    """Audio for tick t comes out as soon as tick t's tokens and the lookahead are in (at the
+    first step that reaches them): after each token, the samples released are exactly those
+    whose analytic tick need is met by the last multiple of the hop (default: a coarse frame)."""
     model = token_model("plain")
     strides = model.vq_strides
+    hop = hop_ticks or strides[0]
     n_ticks = 40
     codes = random_codes(model, 1, n_ticks, seed=1)
     flat = codes_to_tokens(codes, strides)
     tick_need = _Needs(model).decoder_ticks(np.arange(0, (n_ticks + 1) * model.decoder_hop))
-    tok = TokenDecoder(model, 1, seed=0)
-    released = 0
+    tok = TokenDecoder(model, 1, seed=0, hop_ticks=hop_ticks)
+    released, steps = 0, set()
     for k in range(flat.shape[1]):
         released += tok.push(flat[:, k : k + 1]).shape[-1]
-        ticks = whole_ticks(strides, k + 1)
+        steps.add(tok.decoder.ticks)
+        ticks = whole_ticks(strides, k + 1) // hop * hop
+        assert tok.decoder.ticks == ticks
         assert released == int((tick_need <= ticks).sum()), f"after {k + 1} tokens ({ticks} ticks)"
     assert released > 0
+    assert steps == set(range(0, n_ticks + 1, hop))  # the decoder stepped once per hop
+
+
+@pytest.mark.parametrize("hop_ticks", [0, -1, 1.5, True])
+def test_token_decoder_rejects_bad_hop(hop_ticks):
+    with pytest.raises(ValueError, match="hop_ticks must be an int >= 1"):
+        TokenDecoder(token_model("plain"), hop_ticks=hop_ticks)
 
 
 def test_token_decoder_errors_keep_state():

@@ -231,6 +231,47 @@ async def test_decode_seed_and_raw_bytes():
 
 
 @run_async
+async def test_decode_reads_each_packet_once(monkeypatch):
+    """/decode reads a packet's header once (limits, order, rate) and its body once (codes)."""
+    import snac_stream.net.endpoints as endpoints_module
+    import snac_stream.protocol.packets as packets_module
+
+    reads: dict[str, list[int]] = {"decode_header": [], "decode_body": []}
+    for name, calls in reads.items():
+        real = getattr(packets_module, name)
+
+        def counting(data, *args, _real=real, _calls=calls, **kwargs):
+            _calls.append(data[1])  # the kind byte
+            return _real(data, *args, **kwargs)
+
+        monkeypatch.setattr(packets_module, name, counting)
+        monkeypatch.setattr(endpoints_module, name, counting)
+    model = tiny_model()
+    info = ModelInfo.from_model(model)
+    codes = offline_codes(model, audio(300))
+    packets = stream_packets(codes, info, 300, 4)
+    async with serving(model) as srv:
+        got = await remote_decode(srv.url, packets)
+    np.testing.assert_allclose(got, offline_audio(model, codes, 300), atol=1e-5, rtol=0)
+    kinds = [encode_packet(p, info)[1] for p in packets]
+    assert reads == {"decode_header": kinds, "decode_body": kinds}
+
+
+@run_async
+async def test_server_stop_closes_the_batched_engines():
+    from snac_stream.engine.batcher import BatchedEncodeSession
+
+    async with serving(tiny_model()) as srv:
+        packets = await remote_encode(srv.url, audio(100))
+        assert packets[-1].total_samples == 100
+        threads = [b.thread for pool in srv.endpoints.pools for b in pool.batchers]
+        assert len(srv.endpoints.pools) == 2 and threads and all(t.is_alive() for t in threads)
+    assert not any(t.is_alive() for t in threads)
+    with pytest.raises(RuntimeError, match="BatcherPool is closed"):
+        srv.endpoints.pools[0].open(BatchedEncodeSession)
+
+
+@run_async
 async def test_decode_round_trip_of_encode():
     model = tiny_model(True)
     async with serving(model) as srv:
@@ -330,8 +371,9 @@ def test_token_bucket():
 async def test_rate_limit_closes_with_4023():
     model = tiny_model()
     info = ModelInfo.from_model(model)
-    async with serving(model, model_rate=0.5, model_burst=0.05) as srv:
-        # 0.05 s of burst = 800 samples at 16 kHz; real time is fine, faster is not
+    async with serving(model, model_rate=0.001, model_burst=0.05) as srv:
+        # 0.05 s of burst = 800 samples at 16 kHz, refilled so slowly (1 ms of audio per second)
+        # that however slow this machine is, the second 800 samples are over the limit
         with pytest.raises(RelayError) as e:
             await remote_encode(srv.url, audio(1600), chunk_samples=400)
         assert e.value.code == CloseCode.RATE_LIMITED

@@ -14,6 +14,7 @@ import socket
 import numpy as np
 import pytest
 import torch
+from conftest import raises_packet_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_endpoints import audio, offline_codes, run_async, serving, tiny_model, wait_until
@@ -22,15 +23,13 @@ from websockets.asyncio.client import connect
 from snac_stream.net.client import listen, publish
 from snac_stream.net.receiver import CodeReceiver
 from snac_stream.protocol.packets import (
+    CloseCode,
     CodePacket,
     End,
     EndReason,
     ErrorPacket,
     Hello,
     ModelInfo,
-    ModelMismatch,
-    PacketError,
-    UnexpectedPacket,
     encode_packet,
     stream_packets,
 )
@@ -162,18 +161,19 @@ def test_stream_boundaries_resume_abort_error_close():
 def test_bad_packets_raise_and_leave_the_receiver_usable():
     model, info, codes, packets = make(400, 2)
     r = CodeReceiver(model)
-    with pytest.raises(UnexpectedPacket):
+    with raises_packet_error(CloseCode.UNEXPECTED_PACKET):
         r.on_packet(packets[1])  # CODES before HELLO
-    with pytest.raises(ModelMismatch):
+    with raises_packet_error(CloseCode.MODEL_MISMATCH):
         r.on_packet(Hello(ModelInfo(24000, 512, (4, 2, 1), 4096, b"fingerpr"), 1))
     head = feed(r, packets[:2])
-    for bad in (
-        CodePacket(99, 1, 2, packets[2].codes),  # another stream
-        End(1, 5, 1, 16),  # fewer frames than received
-        b"\x01\x02\x00",  # truncated bytes
-        b"\x01\x09",  # unknown kind
+    for bad, code in (
+        (CodePacket(99, 1, 2, packets[2].codes), CloseCode.UNEXPECTED_PACKET),  # another stream
+        (End(1, 5, 1, 16), CloseCode.UNEXPECTED_PACKET),  # fewer frames than received
+        (CodePacket(1, 1, 2, packets[2].codes[:1]), CloseCode.MALFORMED),  # a level missing
+        (b"\x01\x02\x00", CloseCode.TRUNCATED),
+        (b"\x01\x09", CloseCode.UNKNOWN_KIND),
     ):
-        with pytest.raises(PacketError):
+        with raises_packet_error(code):
             r.on_packet(bad)
     out = np.concatenate([head, feed(r, packets[2:])])
     assert r.stats.streams_completed == 1 and r.stats.frames_lost == 0

@@ -25,6 +25,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import raises_packet_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_endpoints import (
@@ -46,19 +47,14 @@ from snac_stream.net.client import listen, publish, remote_decode, remote_encode
 from snac_stream.net.relay import RelayConfig, Room
 from snac_stream.protocol.packets import (
     PROTOCOL_VERSION,
-    CodeOutOfRange,
+    CloseCode,
     End,
     EndReason,
     ErrorPacket,
     Hello,
     Kind,
-    MalformedPacket,
     ModelInfo,
-    OversizedPacket,
     PacketError,
-    TruncatedPacket,
-    UnknownKind,
-    UnsupportedVersion,
     decode_header,
     decode_packet,
     encode_packet,
@@ -147,53 +143,53 @@ def _codes_with(info: ModelInfo, n_frames: int, value: int, at: int) -> bytes:
 def test_fuzz_targeted_corruptions_raise_their_specific_error(
     info, mutation, which, position, value, n_frames
 ):
-    """Each kind of corruption of a valid packet gives its own error class (close code)."""
+    """Each kind of corruption of a valid packet gives its own close code."""
     COUNTS["targeted"] += 1
     pool = packet_pool(INFOS.index(info), n_frames)
     data = bytearray(pool[which % len(pool)])
-    expect: type[PacketError] | None
+    expect: CloseCode | None
     if mutation == "truncate":
-        data, expect = data[: position % len(data)], TruncatedPacket
+        data, expect = data[: position % len(data)], CloseCode.TRUNCATED
     elif mutation == "extend":
-        data, expect = data + bytes([value]) * (1 + position % 20), MalformedPacket
+        data, expect = data + bytes([value]) * (1 + position % 20), CloseCode.MALFORMED
     elif mutation == "version":
-        data[0], expect = value if value != PROTOCOL_VERSION else 0, UnsupportedVersion
+        data[0], expect = value if value != PROTOCOL_VERSION else 0, CloseCode.UNSUPPORTED_VERSION
     elif mutation == "kind":
-        data[1], expect = value if value not in (1, 2, 3, 4) else 0, UnknownKind
+        data[1], expect = value if value not in (1, 2, 3, 4) else 0, CloseCode.UNKNOWN_KIND
     elif mutation == "oversize":
-        with pytest.raises(OversizedPacket):
+        with raises_packet_error(CloseCode.OVERSIZED):
             decode_packet(bytes(data), info, max_size=len(data) - 1)
         return
     elif mutation == "out_of_range":
         if info.codebook_size == 1 << info.bits_per_code:  # every bit pattern is a valid code
             info = INFOS[2]  # codebook 3000 in 12 bits
         bad = info.codebook_size + value % ((1 << info.bits_per_code) - info.codebook_size)
-        data, expect = bytearray(_codes_with(info, n_frames, bad, position)), CodeOutOfRange
+        data, expect = bytearray(_codes_with(info, n_frames, bad, position)), CloseCode.CODE_OUT_OF_RANGE
     elif mutation == "padding":
         if n_frames * info.codes_per_frame * info.bits_per_code % 8 == 0:  # no padding bits
             info, n_frames = INFOS[4], 1  # 12 codes of 7 bits: 4 padding bits
         data = bytearray(_codes_with(info, n_frames, 0, 0))
         data[-1] |= 0x80
-        expect = MalformedPacket
+        expect = CloseCode.MALFORMED
     elif mutation == "zero_frames":
         data = bytearray(_codes_with(info, 1, 0, 0))
         struct.pack_into("<H", data, 14, 0)
-        expect = MalformedPacket
+        expect = CloseCode.MALFORMED
     elif mutation == "end_reason":
         end = bytearray(encode_packet(End(1, 2, 3, 4)))
-        end[22], data, expect = max(value, 3), end, MalformedPacket
+        end[22], data, expect = max(value, len(EndReason)), end, CloseCode.MALFORMED
     elif mutation == "hello_levels":
         hello = bytearray(encode_packet(Hello(info, 1)))
         hello[26] = 0 if value % 2 else 17
-        data, expect = hello, MalformedPacket
+        data, expect = hello, CloseCode.MALFORMED
     else:  # random byte: anything but a crash
         data[position % len(data)] = value
         expect = None
     try:
         decode_packet(bytes(data), info)
     except PacketError as e:
-        assert expect is None or isinstance(e, expect), (mutation, e)
-        assert 4000 <= e.close_code <= 4999
+        assert expect is None or e.code == expect, (mutation, e.code, e)
+        assert 4000 <= e.code <= 4999
     else:
         assert expect is None, f"{mutation}: no error"
 
@@ -305,7 +301,7 @@ def predict_relay(room: Room, msgs: list, limit: int) -> tuple[int | None, int]:
                 room.publish(m)
                 continue
             except PacketError as e:
-                fail, code = i, e.close_code
+                fail, code = i, e.code
         break
     if room.stream_open:
         room.end_stream(EndReason.PUBLISHER_LOST)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import close_code, run_async, wait_until
+from conftest import close_code, raises_packet_error, run_async, wait_until
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -32,7 +32,6 @@ from snac_stream.protocol.packets import (
     Hello,
     Kind,
     ModelInfo,
-    ModelMismatch,
     decode_packet,
     encode_packet,
     stream_packets,
@@ -465,7 +464,7 @@ async def test_listener_can_require_a_model():
         task = asyncio.create_task(collect(lis))
         await wait_until(lambda: listeners(srv, "m") == 1)
         await publish(room_url(srv, "m", "publish"), make_stream())
-        with pytest.raises(ModelMismatch, match="sample_rate"):
+        with raises_packet_error(CloseCode.MODEL_MISMATCH, match="sample_rate"):
             await task
 
 

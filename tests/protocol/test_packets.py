@@ -8,6 +8,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from conftest import raises_packet_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,22 +16,15 @@ from snac_stream.protocol.packets import (
     DEFAULT_MAX_PACKET,
     PROTOCOL_VERSION,
     CloseCode,
-    CodeOutOfRange,
     CodePacket,
     End,
     EndReason,
     ErrorPacket,
     Hello,
     Kind,
-    MalformedPacket,
     ModelInfo,
-    ModelMismatch,
-    OversizedPacket,
     PacketError,
-    TruncatedPacket,
-    UnexpectedPacket,
-    UnknownKind,
-    UnsupportedVersion,
+    decode_body,
     decode_header,
     decode_packet,
     encode_packet,
@@ -108,11 +102,10 @@ def test_model_info_rejects_invalid(kwargs):
 def test_check_compatible_names_fields():
     INFO_24K.check_compatible(ModelInfo.from_model(fake_model()))
     other = ModelInfo.from_model(fake_model(sample_rate=32000, codebook_size=1024))
-    with pytest.raises(ModelMismatch) as e:
+    with raises_packet_error(CloseCode.MODEL_MISMATCH) as e:
         INFO_24K.check_compatible(other)
     assert "sample_rate" in str(e.value) and "codebook_size" in str(e.value)
     assert "hop_length" not in str(e.value)
-    assert e.value.close_code == CloseCode.MODEL_MISMATCH
 
 
 # ----------------------------------------------------------------------------- packing
@@ -204,32 +197,46 @@ def test_encode_rejects_bad_codes():
         encode_packet(CodePacket(0, 0, 0, codes))
     with pytest.raises(ValueError):  # wrong length of level 2
         encode_packet(CodePacket(0, 0, 0, [codes[0], codes[1], codes[2][:-1]]), INFO_24K)
-    with pytest.raises(CodeOutOfRange):
+    with raises_packet_error(CloseCode.CODE_OUT_OF_RANGE):
         encode_packet(CodePacket(0, 0, 0, [codes[0] + 4096, codes[1], codes[2]]), INFO_24K)
-    with pytest.raises(CodeOutOfRange):
+    with raises_packet_error(CloseCode.CODE_OUT_OF_RANGE):
         encode_packet(CodePacket(0, 0, 0, [codes[0] - 4096, codes[1], codes[2]]), INFO_24K)
 
 
 # ----------------------------------------------------------------------------- errors
 
 
-def test_error_classes_have_distinct_close_codes():
-    classes = [
-        PacketError,
-        TruncatedPacket,
-        OversizedPacket,
-        UnsupportedVersion,
-        UnknownKind,
-        MalformedPacket,
-        CodeOutOfRange,
-        ModelMismatch,
-        UnexpectedPacket,
+def test_one_error_class_carries_its_close_code():
+    e = PacketError("bad thing", CloseCode.TRUNCATED)
+    assert isinstance(e, ValueError) and str(e) == "bad thing"
+    assert e.code == CloseCode.TRUNCATED == 4001
+    assert PacketError("other").code == CloseCode.PROTOCOL_ERROR
+    # the wire's close codes (a contract with clients): values as documented in docs/protocol.md
+    assert [(c.name, c.value) for c in CloseCode][:9] == [
+        ("PROTOCOL_ERROR", 4000),
+        ("TRUNCATED", 4001),
+        ("OVERSIZED", 4002),
+        ("UNSUPPORTED_VERSION", 4003),
+        ("UNKNOWN_KIND", 4004),
+        ("MALFORMED", 4005),
+        ("CODE_OUT_OF_RANGE", 4006),
+        ("MODEL_MISMATCH", 4007),
+        ("UNEXPECTED_PACKET", 4008),
     ]
-    codes = [c.close_code for c in classes]
-    assert len(set(codes)) == len(codes)
-    assert all(4000 <= c <= 4999 for c in codes)
-    assert all(issubclass(c, ValueError) and issubclass(c, PacketError) for c in classes)
+    assert len(set(CloseCode)) == len(CloseCode.__members__)
     assert all(4000 <= c <= 4999 for c in CloseCode)
+
+
+def test_decode_body_after_the_header_equals_decode_packet():
+    for packet in all_packets(INFO_24K):
+        data = encode_packet(packet, INFO_24K)
+        assert decode_body(data, decode_header(data, INFO_24K), INFO_24K) == packet
+    codes = encode_packet(CodePacket(0, 0, 0, random_codes(INFO_24K, 2)), INFO_24K)
+    head = decode_header(codes + b"\0")  # without the model the payload length is not known
+    with raises_packet_error(CloseCode.MALFORMED, match="trailing"):
+        decode_body(codes + b"\0", head, INFO_24K)
+    with raises_packet_error(CloseCode.UNEXPECTED_PACKET):
+        decode_body(codes, head, None)
 
 
 @pytest.mark.parametrize("info", [INFO_24K, ModelInfo(8000, 80, (3, 1), 3, FP)])
@@ -237,16 +244,16 @@ def test_truncated(info):
     for packet in all_packets(info):
         data = encode_packet(packet, info)
         for cut in range(len(data)):
-            with pytest.raises(TruncatedPacket):
+            with raises_packet_error(CloseCode.TRUNCATED):
                 decode_packet(data[:cut], info)
 
 
 def test_oversized():
     data = encode_packet(CodePacket(0, 0, 0, random_codes(INFO_24K, 100)), INFO_24K)
     assert decode_packet(data, INFO_24K, max_size=len(data)).n_frames == 100
-    with pytest.raises(OversizedPacket):
+    with raises_packet_error(CloseCode.OVERSIZED):
         decode_packet(data, INFO_24K, max_size=len(data) - 1)
-    with pytest.raises(OversizedPacket):
+    with raises_packet_error(CloseCode.OVERSIZED):
         decode_packet(b"\x01\x04" + b"\0" * DEFAULT_MAX_PACKET)
 
 
@@ -255,20 +262,20 @@ def test_wrong_version(version):
     for packet in all_packets(INFO_24K):
         data = bytearray(encode_packet(packet, INFO_24K))
         data[0] = version
-        with pytest.raises(UnsupportedVersion):
+        with raises_packet_error(CloseCode.UNSUPPORTED_VERSION):
             decode_packet(bytes(data), INFO_24K)
 
 
 @pytest.mark.parametrize("kind", [0, 5, 17, 255])
 def test_wrong_kind(kind):
-    with pytest.raises(UnknownKind):
+    with raises_packet_error(CloseCode.UNKNOWN_KIND):
         decode_packet(bytes([PROTOCOL_VERSION, kind]) + b"\0" * 30, INFO_24K)
 
 
 def test_trailing_garbage():
     for packet in all_packets(INFO_24K):
         data = encode_packet(packet, INFO_24K)
-        with pytest.raises(MalformedPacket, match="trailing"):
+        with raises_packet_error(CloseCode.MALFORMED, match="trailing"):
             decode_packet(data + b"\0", INFO_24K)
 
 
@@ -276,35 +283,34 @@ def test_code_out_of_range_when_codebook_is_not_power_of_two():
     info = ModelInfo(16000, 320, (2, 1), 5, FP)  # 3 bits per code, 5..7 are invalid
     header = struct.pack("<BBIIIH", PROTOCOL_VERSION, Kind.CODES, 0, 0, 0, 1)
     assert decode_packet(header + pack_codes(np.array([4, 0, 4]), 3), info).codes[0].tolist() == [4]
-    with pytest.raises(CodeOutOfRange):
+    with raises_packet_error(CloseCode.CODE_OUT_OF_RANGE):
         decode_packet(header + pack_codes(np.array([1, 7, 2]), 3), info)
-    assert CodeOutOfRange.close_code == CloseCode.CODE_OUT_OF_RANGE
 
 
 def test_malformed_fields():
     info = ModelInfo(16000, 320, (2, 1), 5, FP)
     header = struct.pack("<BBIIIH", PROTOCOL_VERSION, Kind.CODES, 0, 0, 0, 1)
-    with pytest.raises(MalformedPacket, match="padding"):  # 9 bits used, 7 padding bits
+    with raises_packet_error(CloseCode.MALFORMED, match="padding"):  # 9 bits used, 7 padding bits
         decode_packet(header + bytes([0, 0x80]), info)
-    with pytest.raises(MalformedPacket, match="0 frames"):
+    with raises_packet_error(CloseCode.MALFORMED, match="0 frames"):
         decode_packet(struct.pack("<BBIIIH", PROTOCOL_VERSION, Kind.CODES, 0, 0, 0, 0), info)
     hello = bytearray(encode_packet(Hello(INFO_24K, 1)))
     hello[-2:] = struct.pack("<H", 3)  # stride 3 does not divide 4
-    with pytest.raises(MalformedPacket):
+    with raises_packet_error(CloseCode.MALFORMED):
         decode_packet(bytes(hello))
     end = bytearray(encode_packet(End(0, 1, 1, 2048)))
     end[-1] = 9  # unknown reason
-    with pytest.raises(MalformedPacket):
+    with raises_packet_error(CloseCode.MALFORMED):
         decode_packet(bytes(end))
-    with pytest.raises(MalformedPacket):  # more samples than frames can hold
+    with raises_packet_error(CloseCode.MALFORMED):  # more samples than frames can hold
         decode_packet(encode_packet(End(0, 1, 1, 2049)), INFO_24K)
-    with pytest.raises(MalformedPacket):
+    with raises_packet_error(CloseCode.MALFORMED):
         decode_packet(struct.pack("<BBHH", PROTOCOL_VERSION, Kind.ERROR, 4000, 2) + b"\xff\xfe")
 
 
 def test_codes_need_model_info():
     data = encode_packet(CodePacket(0, 0, 0, random_codes(INFO_24K, 1)), INFO_24K)
-    with pytest.raises(UnexpectedPacket):
+    with raises_packet_error(CloseCode.UNEXPECTED_PACKET):
         decode_packet(data)
     head = decode_header(data)  # a relay can read the header without the model
     assert (head.kind, head.n_frames, head.size) == (Kind.CODES, 1, len(data))
