@@ -28,7 +28,6 @@ import random
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -36,12 +35,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from benchmarks.bench_common import cpu_model, loadavg, percentiles
-from benchmarks.load import INFO_24K, _get_json, _RssSampler, _start_server
+from benchmarks.load import INFO_24K, _get_json, _RssSampler, _start_server, paced_packets
 from snac_stream.net.client import RelayError, listen, publish
-from snac_stream.protocol.packets import CodePacket, End, EndReason, Hello, encode_packet
+from snac_stream.protocol.packets import CodePacket, End
 
 # ----------------------------------------------------------------------------- redis-server
 
@@ -296,23 +293,8 @@ async def _run(result: ClusterResult, url: str, seed: int) -> None:
                     break
                 await asyncio.sleep(0.1)
 
-        def template(i: int) -> bytearray:
-            g = torch.Generator().manual_seed(seed * 100_000 + i)
-            codes = [torch.randint(0, 4096, (r,), generator=g) for r in info.codes_per_level]
-            return bytearray(encode_packet(CodePacket(i, 0, 0, codes), info))
-
-        async def packets(i: int):
-            data = template(i)
-            yield encode_packet(Hello(info, i))
-            t0 = time.perf_counter() + rng.uniform(0, period)
-            for k in range(n_packets):
-                delay = t0 + k * period - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                struct.pack_into("<II", data, 6, k, k)
-                sent_at[(i, k)] = time.perf_counter()
-                yield bytes(data)
-            yield encode_packet(End(i, n_packets, n_packets, n_packets * info.frame_size, EndReason.COMPLETE))
+        def packets(i: int):
+            return paced_packets(info, i, n_packets, period, 1, seed, rng, sent_at)
 
         async def send(i: int) -> int:
             url_ = f"{urls[i % result.nodes]}/rooms/c{i}?role=publish"

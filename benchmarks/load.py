@@ -83,6 +83,35 @@ class LoadResult:
         )
 
 
+async def paced_packets(
+    info: ModelInfo,
+    stream_id: int,
+    n_packets: int,
+    period: float,
+    frames_per_packet: int,
+    seed: int,
+    rng: random.Random,
+    sent_at: dict,
+):
+    """A publisher's stream in real time: HELLO, ``n_packets`` CODES of ``frames_per_packet``
+    frames every ``period`` seconds (random codes, first one at a random phase), END.
+    ``sent_at[(stream_id, seq)]`` records when each CODES packet left."""
+    g = torch.Generator().manual_seed(seed * 100_000 + stream_id)
+    codes = [torch.randint(0, 4096, (frames_per_packet * r,), generator=g) for r in info.codes_per_level]
+    data = bytearray(encode_packet(CodePacket(stream_id, 0, 0, codes), info))
+    yield encode_packet(Hello(info, stream_id))
+    t0 = time.perf_counter() + rng.uniform(0, period)
+    for k in range(n_packets):
+        delay = t0 + k * period - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        struct.pack_into("<II", data, 6, k, k * frames_per_packet)
+        sent_at[(stream_id, k)] = time.perf_counter()
+        yield bytes(data)
+    frames = n_packets * frames_per_packet
+    yield encode_packet(End(stream_id, n_packets, frames, frames * info.frame_size, EndReason.COMPLETE))
+
+
 def _get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as r:
         return json.loads(r.read())
@@ -192,26 +221,8 @@ async def run_load(
                     break
                 await asyncio.sleep(0.1)
 
-        def template(i: int) -> bytearray:
-            g = torch.Generator().manual_seed(seed * 100_000 + i)
-            codes = [
-                torch.randint(0, 4096, (frames_per_packet * r,), generator=g) for r in info.codes_per_level
-            ]
-            return bytearray(encode_packet(CodePacket(i, 0, 0, codes), info))
-
-        async def packets(i: int):
-            data = template(i)
-            yield encode_packet(Hello(info, i))
-            t0 = time.perf_counter() + rng.uniform(0, period)
-            for k in range(n_packets):
-                delay = t0 + k * period - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                struct.pack_into("<II", data, 6, k, k * frames_per_packet)
-                sent_at[(i, k)] = time.perf_counter()
-                yield bytes(data)
-            frames = n_packets * frames_per_packet
-            yield encode_packet(End(i, n_packets, frames, frames * info.frame_size, EndReason.COMPLETE))
+        def packets(i: int):
+            return paced_packets(info, i, n_packets, period, frames_per_packet, seed, rng, sent_at)
 
         async def send(i: int) -> int:
             stats = await publish(f"{url}/rooms/load{i}?role=publish", packets(i), max_size=1 << 20)
